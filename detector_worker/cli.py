@@ -1,0 +1,67 @@
+"""`detector-worker`: run one camera until stopped.
+
+    detector-worker --spec run/specs/cam-001.json           # written by the gateway (0600)
+    detector-worker --cameras cameras.yaml --camera cam-001  # a hand-run camera
+
+Credentials live in the spec file, never on the command line. A spec that can't be used exits
+with code 2 and one line saying which file and which field.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from . import __version__
+from .config.cameras_file import load_cameras_file
+from .config.spec import BusSettings, SpecError, WorkerSpec, load_spec
+
+EXIT_BAD_SPEC = 2
+
+
+def _spec_loader(args: argparse.Namespace) -> Callable[[], WorkerSpec]:
+    if args.spec:
+        return lambda: load_spec(args.spec)
+
+    def from_cameras() -> WorkerSpec:
+        cameras = load_cameras_file(args.cameras)
+        bus = BusSettings(push_endpoint=args.push, control_endpoint=args.control)
+        return cameras.worker_spec(args.camera, bus=bus, base_dir=args.cameras.resolve().parent)
+
+    return from_cameras
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="detector-worker", description="Run one camera's detection worker.")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    where = parser.add_mutually_exclusive_group(required=True)
+    where.add_argument("--spec", type=Path, help="per-camera spec file written by the gateway (JSON or YAML)")
+    where.add_argument("--cameras", type=Path, help="cameras.yaml, with --camera")
+    parser.add_argument("--camera", help="the camera's name in cameras.yaml")
+    parser.add_argument("--push", default=BusSettings().push_endpoint, help="gateway's PULL endpoint (--cameras)")
+    parser.add_argument("--control", default=BusSettings().control_endpoint,
+                        help="gateway's ROUTER endpoint (--cameras)")
+    args = parser.parse_args(argv)
+    if args.cameras and not args.camera:
+        parser.error("--cameras needs --camera")
+    load = _spec_loader(args)
+    try:
+        spec = load()
+    except SpecError as err:
+        print(f"detector-worker: {err}", file=sys.stderr)
+        return EXIT_BAD_SPEC
+    # Imported only now: a bad spec is reported without paying for OpenCV and ONNX Runtime.
+    from .logs import setup_logging
+    from .runtime import run_worker
+
+    context = setup_logging(spec.log.directory, spec.slug, spec.camera_id, max_mb=spec.log.max_mb,
+                            backups=spec.log.backups, level=spec.log.level)
+    os.environ.setdefault("OPENCV_FFMPEG_CAPTURE_OPTIONS", "rtsp_transport;tcp|analyzeduration;0|probesize;32")
+    return run_worker(spec, reload_spec=load, log_context=context)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
