@@ -60,6 +60,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     context = setup_logging(spec.log.directory, spec.slug, spec.camera_id, max_mb=spec.log.max_mb,
                             backups=spec.log.backups, level=spec.log.level)
     os.environ.setdefault("OPENCV_FFMPEG_CAPTURE_OPTIONS", "rtsp_transport;tcp|analyzeduration;0|probesize;32")
+    import cv2
+
+    cv2.setNumThreads(max(1, spec.inference.threads))  # many workers share the cores: no thread pools
     return run_worker(spec, reload_spec=load, log_context=context)
 
 

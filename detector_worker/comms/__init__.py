@@ -1,0 +1,1 @@
+"""The ZeroMQ bus between a camera worker and the gateway."""

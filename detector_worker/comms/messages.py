@@ -1,0 +1,147 @@
+"""Every message that crosses the ZeroMQ bus between a camera worker and the gateway.
+
+One module, imported by both sides, so the two can never disagree on a field. Messages are
+JSON objects with a `type` tag and a protocol version `v`; unknown types or fields are
+rejected (a newer peer must bump `v`, not slip fields in).
+
+Worker → gateway (PUSH → PULL): `hello`, `heartbeat`, `status`, `detection`, `snapshot`.
+supervisord's event listener → gateway (PUSH → PULL): `process_state`.
+Gateway → worker (ROUTER → DEALER, addressed by camera): `control` (the full session and
+stage state of the camera's displays, idempotent) and `reload`.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
+
+PROTOCOL_VERSION = 1
+Box = tuple[float, float, float, float]
+
+
+class _Message(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    v: Literal[1] = 1  # PROTOCOL_VERSION
+    camera: str = Field(min_length=1, max_length=128)
+    sent_at: float  # wall clock (time.time()) at the sender
+
+
+class Hello(_Message):
+    """A worker (re)started: the gateway answers with the camera's current `control` state."""
+
+    type: Literal["hello"] = "hello"
+    pid: int
+    started_at: float
+
+
+class Heartbeat(_Message):
+    type: Literal["heartbeat"] = "heartbeat"
+    pid: int
+    uptime_s: float
+
+
+class Status(_Message):
+    """Stream and pipeline health; sent on every online/offline change and periodically."""
+
+    type: Literal["status"] = "status"
+    online: bool
+    fps: float
+    inference_ms: float
+    reconnects: int
+    stalls: int
+    dropped: int  # bus messages this worker could not send (high-water mark reached)
+    rss_mb: float
+    last_error: str | None = None
+
+
+class VehicleResult(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    car_box: Box | None = None
+    frontal_box: Box | None = None
+    confidence: float
+    brand: str | None = None
+    brand_confidence: float | None = None
+    body_type: str | None = None
+    body_type_confidence: float | None = None
+    fields: dict[str, Any] = Field(default_factory=dict)  # every branch result, by "<modelId>.<field>"
+
+
+class Detection(_Message):
+    """One detection cycle's result for one display subscription."""
+
+    type: Literal["detection"] = "detection"
+    subscription_identifier: str
+    display_id: str
+    session_id: str | None
+    track_id: int
+    model_id: int | str | None
+    model_name: str | None
+    captured_at: float  # when the frame was read from the camera
+    decode_ms: float
+    inference_ms: float
+    vehicle: VehicleResult
+    image_key: str | None = None  # where the crop went in Redis, once stored
+
+
+class Snapshot(_Message):
+    """The camera's latest frame, small and infrequent, for the gateway's snapshot endpoint."""
+
+    type: Literal["snapshot"] = "snapshot"
+    jpeg_b64: str = Field(max_length=4 * 2**20)
+    width: int
+    height: int
+    captured_at: float
+
+
+class ProcessState(BaseModel):
+    """A supervisord PROCESS_STATE event, forwarded by `gateway.supervisor.events`."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    type: Literal["process_state"] = "process_state"
+    name: str
+    group: str
+    from_state: str
+    to_state: str
+    pid: int | None = None
+    sent_at: float
+
+
+class DisplayControl(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    session_id: str | None = None
+    progression_stage: str | None = None
+
+
+class Control(_Message):
+    """The desired per-display state for one camera. Sent whole, so a resend is harmless."""
+
+    type: Literal["control"] = "control"
+    displays: dict[str, DisplayControl]
+
+
+class Reload(_Message):
+    """Re-read the worker's spec file and rebuild its pipelines."""
+
+    type: Literal["reload"] = "reload"
+
+
+AnyWorkerMessage = Hello | Heartbeat | Status | Detection | Snapshot | ProcessState
+WorkerMessage = Annotated[AnyWorkerMessage, Field(discriminator="type")]
+GatewayMessage = Annotated[Control | Reload, Field(discriminator="type")]
+
+_worker_adapter: TypeAdapter[AnyWorkerMessage] = TypeAdapter(WorkerMessage)
+_gateway_adapter: TypeAdapter[Control | Reload] = TypeAdapter(GatewayMessage)
+
+
+def encode(message: BaseModel) -> bytes:
+    return message.model_dump_json().encode()
+
+
+def decode_from_worker(data: bytes) -> AnyWorkerMessage:
+    """Parse a worker's message; raises pydantic.ValidationError on anything malformed."""
+    return _worker_adapter.validate_json(data)
+
+
+def decode_from_gateway(data: bytes) -> Control | Reload:
+    return _gateway_adapter.validate_json(data)

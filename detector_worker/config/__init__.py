@@ -1,0 +1,1 @@
+"""Typed, validated configuration, parsed once at the edge."""

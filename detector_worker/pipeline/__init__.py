@@ -1,0 +1,1 @@
+"""The pipeline engine: model loading and inference behind a torch-free interface."""

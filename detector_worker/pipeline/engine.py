@@ -1,0 +1,224 @@
+"""Running a pipeline tree on frames: detector → stable vehicles → classifier branches.
+
+`PipelineInstance` holds the models of one archive and the thread pool for its parallel
+branches; it belongs to one worker (one camera) and nothing in it is shared further.
+`Lane` is one (pipeline, crop) view of the camera: its own tracker and its own memory of which
+vehicles already had their detection cycle. Several displays with the same pipeline and crop
+share a lane, so one vehicle visit is one cycle however many displays watch it.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+
+from ..imaging import Image, crop, resize_to
+from .models import Classifier, Detection, Detector, load_classifier, load_detector
+from .schema import Node, PipelineConfig, Tracking
+from .tracking import Box, IouTracker, Track, iou
+
+Backend = Literal["onnx", "ultralytics"]
+REACQUIRE_S = 10.0  # a track re-born in place of a vehicle lost this recently is that vehicle
+
+
+@dataclass(frozen=True)
+class BranchResult:
+    model_id: str
+    label: str | None  # None when below the branch's minConfidence
+    confidence: float
+
+    @property
+    def fields(self) -> dict[str, object]:
+        """What templates can read as `{<modelId>.<field>}`; `brand`/`body_type` alias `class`
+        for models named like the backend's brand and body-type classifiers."""
+        out: dict[str, object] = {"class": self.label, "label": self.label, "confidence": round(self.confidence, 4)}
+        lowered = self.model_id.lower()
+        if "brand" in lowered:
+            out["brand"] = self.label
+        if "bodytype" in lowered or "body_type" in lowered:
+            out["body_type"] = self.label
+        return out
+
+
+@dataclass
+class VehicleCycle:
+    """One detection cycle: a stable vehicle, its detections, crops and branch results."""
+
+    track_id: int
+    captured_at: float
+    vehicle_class: str
+    detections: dict[str, Detection]  # best detection of each class belonging to this vehicle
+    branches: dict[str, BranchResult]
+    crops: dict[str, Image]  # region class → pixels, kept for the image actions until written
+    inference_ms: float
+
+    def field_values(self) -> dict[str, dict[str, object]]:
+        return {model_id: result.fields for model_id, result in self.branches.items()}
+
+
+@dataclass
+class _Fired:
+    box: Box
+    last_seen: float
+
+
+@dataclass
+class LaneStats:
+    frames: int = 0
+    cycles: int = 0
+    inference_ms: float = 0.0  # last frame's detector + branches time
+
+
+class PipelineInstance:
+    def __init__(self, config: PipelineConfig, model_dir: Path, *, backend: Backend = "onnx", threads: int = 1,
+                 providers: list[str] | None = None, gpu_memory_limit_bytes: int | None = None,
+                 log: logging.Logger | None = None) -> None:
+        self.config = config
+        self.root = config.pipeline
+        self.log = log or logging.getLogger(__name__)
+        options = {"backend": backend, "threads": threads, "providers": providers,
+                   "gpu_memory_limit_bytes": gpu_memory_limit_bytes}
+        self.detector: Detector = load_detector(model_dir / self.root.model_file, **options)  # type: ignore[arg-type]
+        self.classifiers: dict[str, Classifier] = {}
+        for node in self.root.walk()[1:]:
+            self.classifiers[node.model_id] = load_classifier(model_dir / node.model_file,
+                                                              **options)  # type: ignore[arg-type]
+        parallel = sum(1 for n in self.root.walk() if n.parallel)
+        self._pool = ThreadPoolExecutor(max_workers=max(1, parallel), thread_name_prefix="branch")
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=True, cancel_futures=True)
+
+    def detect(self, image: Image) -> list[Detection]:
+        floor = self.root.confidence_floor
+        triggers = set(self.root.trigger_classes)
+        return [d for d in self.detector.detect(image, floor) if d.label in triggers and d.confidence >= floor]
+
+    def run_branches(self, frame: Image, detections: dict[str, Detection]) -> dict[str, BranchResult]:
+        """Run every branch whose trigger classes fired, on its crop; parallel ones concurrently."""
+        results: dict[str, BranchResult] = {}
+        self._run_children(self.root, frame, detections, results)
+        return results
+
+    def _run_children(self, node: Node, frame: Image, detections: dict[str, Detection],
+                      results: dict[str, BranchResult]) -> None:
+        pending: list[tuple[Node, Future[BranchResult | None]]] = []
+        for branch in node.branches:
+            if not any(c in detections for c in branch.trigger_classes):
+                continue
+            if branch.parallel:
+                pending.append((branch, self._pool.submit(self._classify, branch, frame, detections)))
+            else:
+                self._record(branch, self._classify(branch, frame, detections), frame, detections, results)
+        for branch, future in pending:
+            self._record(branch, future.result(), frame, detections, results)
+
+    def _record(self, branch: Node, result: BranchResult | None, frame: Image, detections: dict[str, Detection],
+                results: dict[str, BranchResult]) -> None:
+        if result is None:
+            return
+        results[branch.model_id] = result
+        if result.label is not None:
+            self._run_children(branch, frame, detections, results)
+
+    def _classify(self, branch: Node, frame: Image, detections: dict[str, Detection]) -> BranchResult | None:
+        region_class = branch.crop_class if branch.crop else None
+        if region_class is not None and region_class not in detections:
+            return None
+        patch = crop(frame, detections[region_class].box) if region_class else frame
+        if patch.size == 0:
+            return None
+        if branch.resize_target is not None:
+            patch = resize_to(patch, branch.resize_target)
+        result = self.classifiers[branch.model_id].classify(np.ascontiguousarray(patch))
+        label = result.label if result.confidence >= branch.confidence_floor else None
+        return BranchResult(branch.model_id, label, result.confidence)
+
+
+def _contains(outer: Box, inner: Box) -> float:
+    """Share of `inner` inside `outer`."""
+    ix = max(0.0, min(outer[2], inner[2]) - max(outer[0], inner[0]))
+    iy = max(0.0, min(outer[3], inner[3]) - max(outer[1], inner[1]))
+    area = (inner[2] - inner[0]) * (inner[3] - inner[1])
+    return ix * iy / area if area > 0 else 0.0
+
+
+@dataclass
+class Lane:
+    pipeline: PipelineInstance
+    crop_box: tuple[int, int, int, int] | None = None
+    stats: LaneStats = field(default_factory=LaneStats)
+
+    def __post_init__(self) -> None:
+        root = self.pipeline.root
+        stability = root.stability_threshold or 5
+        tracking = root.tracking if isinstance(root.tracking, Tracking) else Tracking()
+        self.tracker = IouTracker(match_iou=tracking.iou_threshold, max_missed=tracking.max_age,
+                                  stability_frames=stability)
+        self.vehicle_class = "Car" if "Car" in root.trigger_classes else root.trigger_classes[0]
+        self._fired: dict[int, _Fired] = {}
+
+    def process(self, frame: Image, captured_at: float) -> list[VehicleCycle]:
+        """Detect, track, and run a cycle for each vehicle that just became stable."""
+        start = time.perf_counter()
+        ox, oy = 0, 0
+        view = frame
+        if self.crop_box is not None:
+            ox, oy = self.crop_box[0], self.crop_box[1]
+            view = crop(frame, self.crop_box)
+        detections = [
+            Detection((d.box[0] + ox, d.box[1] + oy, d.box[2] + ox, d.box[3] + oy), d.label, d.confidence)
+            for d in self.pipeline.detect(view)
+        ] if view.size else []
+        vehicles = [d for d in detections if d.label == self.vehicle_class]
+        tracks = self.tracker.update([(d.box, d.confidence) for d in vehicles])
+        now = time.monotonic()
+        cycles: list[VehicleCycle] = []
+        for track in tracks:
+            if track.track_id in self._fired:
+                self._fired[track.track_id] = _Fired(track.box, now)
+                continue
+            if track.hits == 1 and self._reacquired(track, now):
+                continue
+            if not self.tracker.is_stable(track):
+                continue
+            own = self._belonging(track, detections)
+            root = self.pipeline.root
+            if root.multi_class and root.expected_classes and not all(c in own for c in root.expected_classes):
+                continue  # e.g. the front is not visible yet: try again on the next frame
+            self._fired[track.track_id] = _Fired(track.box, now)
+            branches = self.pipeline.run_branches(frame, own)
+            crops = {cls: crop(frame, det.box).copy() for cls, det in own.items()}
+            cycles.append(VehicleCycle(track.track_id, captured_at, self.vehicle_class, own, branches, crops,
+                                       (time.perf_counter() - start) * 1000))
+        self._forget(now)
+        self.stats.frames += 1
+        self.stats.cycles += len(cycles)
+        self.stats.inference_ms = (time.perf_counter() - start) * 1000
+        return cycles
+
+    def _belonging(self, track: Track, detections: list[Detection]) -> dict[str, Detection]:
+        """The best detection of each class that lies inside this vehicle (the vehicle itself included)."""
+        own: dict[str, Detection] = {self.vehicle_class: Detection(track.box, self.vehicle_class, track.confidence)}
+        for d in sorted(detections, key=lambda d: -d.confidence):
+            if d.label != self.vehicle_class and d.label not in own and _contains(track.box, d.box) >= 0.6:
+                own[d.label] = d
+        return own
+
+    def _reacquired(self, track: Track, now: float) -> bool:
+        """A track born where a fired vehicle was lost moments ago is that vehicle again."""
+        for fired in self._fired.values():
+            if now - fired.last_seen <= REACQUIRE_S and iou(fired.box, track.box) >= 0.7:
+                self._fired[track.track_id] = _Fired(track.box, now)
+                return True
+        return False
+
+    def _forget(self, now: float) -> None:
+        for tid in [t for t, f in self._fired.items() if not self.tracker.alive(t) and now - f.last_seen > REACQUIRE_S]:
+            del self._fired[tid]

@@ -1,0 +1,215 @@
+"""`pipeline.json` of a `.mpta` archive: the backend's format, validated in full before use.
+
+Every node key of the format is known here; an unknown key, a wrong type, a missing model
+file or a template that names an unknown variable or branch is one `PipelineConfigError`
+whose message names the key and its path in the tree, e.g.
+`pipeline.branches[1].resizeTarget: ...`.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+DEFAULT_MIN_CONFIDENCE = 0.5
+# Variables every action template may use; branch results are `{<modelId>.<field>}`.
+CONTEXT_VARIABLES = frozenset({
+    "display_id", "session_id", "camera_id", "subscription_id", "timestamp", "filename", "image_key",
+    "model_id", "model_name", "track_id", "class", "confidence", "progression_stage",
+})
+BRANCH_FIELDS = frozenset({"class", "label", "confidence", "brand", "body_type"})
+# `{name}` or `{modelId.field}`; other braces (a JSON message template's own) are literal text
+PLACEHOLDER = re.compile(r"\{([A-Za-z0-9_][A-Za-z0-9_.-]*)\}")
+
+
+class PipelineConfigError(ValueError):
+    """An archive's pipeline.json cannot be used; the message names the key and its path."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+
+class RedisConfig(_Strict):
+    host: str = "127.0.0.1"
+    port: int = Field(6379, ge=1, le=65535)
+    password: str | None = None
+    db: int = Field(0, ge=0)
+
+
+class PostgresConfig(_Strict):
+    host: str = "127.0.0.1"
+    port: int = Field(5432, ge=1, le=65535)
+    database: str
+    username: str | None = None
+    password: str | None = None
+
+
+class RedisSaveImage(_Strict):
+    type: Literal["redis_save_image"]
+    region: str
+    key: str = Field(min_length=1)
+    expire_seconds: int | None = Field(None, ge=1)
+    format: Literal["jpeg", "png"] = "jpeg"
+    quality: int = Field(90, ge=1, le=100)
+
+
+class RedisPublish(_Strict):
+    type: Literal["redis_publish"]
+    channel: str = Field(min_length=1)
+    message: str
+
+
+class PostgresUpdateCombined(_Strict):
+    type: Literal["postgresql_update_combined"]
+    table: str = Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
+    key_field: str = Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
+    key_value: str
+    wait_for_branches: list[str] = Field(default_factory=list, alias="waitForBranches")
+    fields: dict[str, str]
+
+    @field_validator("fields")
+    @classmethod
+    def _column_names(cls, value: dict[str, str]) -> dict[str, str]:
+        for column in value:
+            if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]{0,62}", column):
+                raise ValueError(f"column name {column!r} is not a plain SQL identifier")
+        return value
+
+
+Action = Annotated[RedisSaveImage | RedisPublish | PostgresUpdateCombined, Field(discriminator="type")]
+
+
+class Tracking(_Strict):
+    enabled: bool = True
+    iou_threshold: float = Field(0.3, gt=0, lt=1, alias="iouThreshold")
+    max_age: int = Field(10, ge=1, alias="maxAge")  # frames a track survives unseen
+
+
+class Node(_Strict):
+    model_id: str = Field(alias="modelId", min_length=1, max_length=128, pattern=r"^[A-Za-z0-9_.-]+$")
+    model_file: str = Field(alias="modelFile", min_length=1, max_length=256)
+    crop: bool
+    trigger_classes: list[str] = Field(alias="triggerClasses")
+    branches: list[Node]
+    min_confidence: float | None = Field(None, ge=0, le=1, alias="minConfidence")
+    multi_class: bool = Field(False, alias="multiClass")
+    expected_classes: list[str] = Field(default_factory=list, alias="expectedClasses")
+    actions: list[Action] = Field(default_factory=list)
+    parallel_actions: list[Action] = Field(default_factory=list, alias="parallelActions")
+    crop_class: str | None = Field(None, alias="cropClass")
+    resize_target: tuple[int, int] | None = Field(None, alias="resizeTarget")
+    parallel: bool = False
+    tracking: Tracking | bool | None = None
+    stability_threshold: int | None = Field(None, ge=1, le=10_000, alias="stabilityThreshold")
+
+    @field_validator("model_file")
+    @classmethod
+    def _plain_file_name(cls, value: str) -> str:
+        if "/" in value or "\\" in value or value.startswith(".") or "\x00" in value:
+            raise ValueError("must be a plain file name inside the archive")
+        return value
+
+    @field_validator("resize_target")
+    @classmethod
+    def _positive_size(cls, value: tuple[int, int] | None) -> tuple[int, int] | None:
+        if value is not None and not all(1 <= v <= 4096 for v in value):
+            raise ValueError("both sizes must be between 1 and 4096")
+        return value
+
+    @property
+    def confidence_floor(self) -> float:
+        """minConfidence, where a missing or null value means the default (never a crash)."""
+        return DEFAULT_MIN_CONFIDENCE if self.min_confidence is None else self.min_confidence
+
+    def walk(self) -> list[Node]:
+        nodes = [self]
+        for branch in self.branches:
+            nodes.extend(branch.walk())
+        return nodes
+
+
+class PipelineConfig(_Strict):
+    redis: RedisConfig | None = None
+    postgresql: PostgresConfig | None = None
+    pipeline: Node
+
+
+def _path(loc: tuple[int | str, ...], data: Any) -> str:
+    """Turn pydantic's location into `pipeline.branches[1].resizeTarget` (JSON key names)."""
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        elif part in ("redis_save_image", "redis_publish", "postgresql_update_combined", "Node", "Tracking", "bool"):
+            continue  # union member tags pydantic adds to the location
+        else:
+            out += ("." if out else "") + str(part)
+    return out or "(top level)"
+
+
+def placeholders(template: str) -> list[str]:
+    return PLACEHOLDER.findall(template)
+
+
+def _templates(action: RedisSaveImage | RedisPublish | PostgresUpdateCombined) -> dict[str, str]:
+    if isinstance(action, RedisSaveImage):
+        return {"key": action.key}
+    if isinstance(action, RedisPublish):
+        return {"channel": action.channel, "message": action.message}
+    return {"key_value": action.key_value, **{f"fields.{k}": v for k, v in action.fields.items()}}
+
+
+def _check_semantics(config: PipelineConfig, model_dir: Path | None) -> None:
+    nodes = config.pipeline.walk()
+    ids = [n.model_id for n in nodes]
+    dupes = {i for i in ids if ids.count(i) > 1}
+    if dupes:
+        raise PipelineConfigError(f"pipeline: modelId {sorted(dupes)[0]!r} is used by more than one node")
+    known = set(ids)
+
+    def check(node: Node, where: str) -> None:
+        if model_dir is not None and not (model_dir / node.model_file).is_file():
+            raise PipelineConfigError(f"{where}.modelFile: {node.model_file!r} is not in the archive")
+        if node.crop and node.crop_class is None and where != "pipeline":
+            raise PipelineConfigError(f"{where}.cropClass: required when crop is true")
+        for group in ("actions", "parallelActions"):
+            for i, action in enumerate(node.actions if group == "actions" else node.parallel_actions):
+                for key, template in _templates(action).items():
+                    for name in placeholders(template):
+                        if "." in name:
+                            branch, _, field = name.rpartition(".")
+                            if branch not in known:
+                                raise PipelineConfigError(
+                                    f"{where}.{group}[{i}].{key}: template names unknown branch {branch!r}")
+                            if field not in BRANCH_FIELDS:
+                                raise PipelineConfigError(
+                                    f"{where}.{group}[{i}].{key}: unknown field {field!r} of branch {branch!r} "
+                                    f"(known: {', '.join(sorted(BRANCH_FIELDS))})")
+                        elif name not in CONTEXT_VARIABLES:
+                            raise PipelineConfigError(f"{where}.{group}[{i}].{key}: unknown template variable "
+                                                      f"{{{name}}} (known: {', '.join(sorted(CONTEXT_VARIABLES))})")
+                if isinstance(action, PostgresUpdateCombined):
+                    for branch in action.wait_for_branches:
+                        if branch not in known:
+                            raise PipelineConfigError(
+                                f"{where}.{group}[{i}].waitForBranches: unknown branch {branch!r}")
+        for j, child in enumerate(node.branches):
+            check(child, f"{where}.branches[{j}]")
+
+    check(config.pipeline, "pipeline")
+
+
+def parse_pipeline(data: Any, model_dir: Path | None = None) -> PipelineConfig:
+    """Validate a decoded pipeline.json; with `model_dir`, also that every modelFile exists there."""
+    try:
+        config = PipelineConfig.model_validate(data)
+    except ValidationError as err:
+        first = err.errors()[0]
+        more = f" (and {err.error_count() - 1} more)" if err.error_count() > 1 else ""
+        raise PipelineConfigError(f"{_path(tuple(first['loc']), data)}: {first['msg']}{more}") from None
+    _check_semantics(config, model_dir)
+    return config

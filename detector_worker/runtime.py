@@ -1,0 +1,260 @@
+"""The worker's main loop: latest frame → lanes → detections and writes; control in; health out.
+
+Signal handlers only set flags; the loop notices them within one tick (≤ 0.1 s) and then
+finishes the frame in hand, flushes the stores briefly, closes its sockets and returns, well
+inside supervisord's stop timeout.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import logging
+import os
+import queue
+import signal
+import threading
+import time
+from dataclasses import dataclass
+from types import FrameType
+
+import cv2
+import numpy as np
+import psutil
+
+from .comms.bus import WorkerBus
+from .comms.messages import Control, Detection, Heartbeat, Reload, Snapshot, Status, VehicleResult
+from .config.spec import WorkerSpec
+from .logs import CameraContext
+from .pipeline.engine import VehicleCycle
+from .pipeline.sessions import DisplaySession
+from .pipelines import Pipelines, build_pipelines
+from .video.backoff import Backoff
+from .video.reader import LatestFrameReader
+from .video.sources import SourceSpec, make_source
+
+log = logging.getLogger("detector_worker")
+TICK_S = 0.1
+EXIT_OK, EXIT_MEMORY = 0, 3
+
+
+@dataclass
+class Flags:
+    stop: bool = False
+    reload: bool = False
+
+
+def _install_signals(flags: Flags) -> None:
+    def on_stop(signum: int, _frame: FrameType | None) -> None:
+        flags.stop = True
+
+    def on_hup(signum: int, _frame: FrameType | None) -> None:
+        flags.reload = True
+
+    signal.signal(signal.SIGTERM, on_stop)
+    signal.signal(signal.SIGINT, on_stop)
+    signal.signal(signal.SIGHUP, on_hup)
+
+
+def vehicle_result(cycle: VehicleCycle) -> VehicleResult:
+    det = cycle.detections
+    car, front = det.get("Car"), det.get("Frontal")
+    fields = {f"{m}.{k}": v for m, values in cycle.field_values().items() for k, v in values.items()}
+    brand = next((b for b in cycle.branches.values() if "brand" in b.fields), None)
+    body = next((b for b in cycle.branches.values() if "body_type" in b.fields), None)
+    return VehicleResult(
+        car_box=car.box if car else None, frontal_box=front.box if front else None,
+        confidence=det[cycle.vehicle_class].confidence,
+        brand=brand.label if brand else None, brand_confidence=brand.confidence if brand else None,
+        body_type=body.label if body else None, body_type_confidence=body.confidence if body else None,
+        fields=fields)
+
+
+class Worker:
+    def __init__(self, spec: WorkerSpec, flags: Flags, reload_spec: object = None) -> None:
+        self.spec = spec
+        self.flags = flags
+        self._reload_spec = reload_spec  # callable returning a fresh WorkerSpec, for SIGHUP/reload
+        self.bus = WorkerBus(spec.camera_id, spec.slug, spec.bus.push_endpoint, spec.bus.control_endpoint,
+                             send_hwm=spec.bus.send_hwm, log=logging.getLogger("detector_worker.bus"))
+        self.status_events: queue.SimpleQueue[tuple[bool, str]] = queue.SimpleQueue()
+        self.pipelines: Pipelines = build_pipelines(spec)
+        self.control_state: dict[str, tuple[str | None, str | None]] = {}
+        self.reader = self._start_reader()
+        self.process = psutil.Process()
+        self.started = time.monotonic()
+        self.online = False
+        self.last_error: str | None = None
+
+    def _start_reader(self) -> LatestFrameReader:
+        s = self.spec.source
+        source_spec = SourceSpec(kind=s.kind, url=s.url, snapshot_interval_ms=s.snapshot_interval_ms,
+                                 open_timeout_s=s.open_timeout_s, read_timeout_s=s.read_timeout_s)
+        self.source_description = make_source(source_spec).describe()  # credentials masked
+        backoff = Backoff(self.spec.backoff.initial_s, self.spec.backoff.max_s, jitter="decorrelated")
+        return LatestFrameReader(lambda: make_source(source_spec), backoff=backoff,
+                                 stall_timeout_s=self.spec.stall_timeout_s, max_fps=self.spec.max_fps,
+                                 on_status=lambda online, why: self.status_events.put((online, why)),
+                                 name=f"video-{self.spec.slug}").start()
+
+    def sessions_text(self) -> str:
+        displays = self.pipelines.displays
+        return ",".join(f"{d}={s.session_id or '-'}" for d, s in displays.items()) or "-"
+
+    # -- the loop ---------------------------------------------------------------------------
+    def run(self) -> int:
+        log.info("worker started (pid %d): %d subscription(s), source %s", os.getpid(),
+                 len(self.spec.subscriptions), self.source_description)
+        next_hello = next_beat = next_status = next_snapshot = 0.0
+        last_seq: int | None = None
+        try:
+            while not self.flags.stop:
+                now = time.monotonic()
+                if not self.bus.answered and now >= next_hello:
+                    self.bus.hello()
+                    next_hello = now + 1.0
+                for msg in self.bus.poll_control(0):
+                    self._on_control(msg)
+                if self.flags.reload:
+                    self.flags.reload = False
+                    self._reload()
+                changed = self._drain_status()
+                if now >= next_beat:
+                    self.bus.send(Heartbeat(camera=self.spec.camera_id, sent_at=time.time(), pid=os.getpid(),
+                                            uptime_s=now - self.started))
+                    next_beat = now + self.spec.bus.heartbeat_interval_s
+                if changed or now >= next_status:
+                    self._send_status()
+                    next_status = now + self.spec.bus.status_interval_s
+                    if self._over_memory():
+                        return EXIT_MEMORY
+                frame = self.reader.latest(after_seq=last_seq, timeout=TICK_S)
+                if frame is not None:
+                    last_seq = frame.seq
+                    self._process(frame.image, frame.seq, frame.captured_at)
+                    if now >= next_snapshot:
+                        self._send_snapshot(frame.image, frame.captured_at)
+                        next_snapshot = now + self.spec.bus.snapshot_interval_s
+        finally:
+            self.close()
+        return EXIT_OK
+
+    def _process(self, image: object, seq: int, captured_at: float) -> None:
+        for group in self.pipelines.groups:
+            cycles = group.lane.process(image, captured_at)  # type: ignore[arg-type]
+            log.debug("frame %d: %d track(s), %d new cycle(s), %.1f ms", seq, len(group.lane.tracker.tracks),
+                      len(cycles), group.lane.stats.inference_ms)
+            for cycle in cycles:
+                result = vehicle_result(cycle)
+                for display in group.displays:
+                    display.on_cycle(cycle)  # writes now if a session is bound
+                    self._send_detection(display, cycle, result)
+
+    def _send_snapshot(self, image: np.ndarray, captured_at: float) -> None:
+        h, w = image.shape[:2]
+        scale = min(1.0, 640 / max(w, 1))
+        small = image if scale >= 1 else cv2.resize(image, (int(w * scale), int(h * scale)),
+                                                    interpolation=cv2.INTER_AREA)
+        ok, buf = cv2.imencode(".jpg", small, [cv2.IMWRITE_JPEG_QUALITY, 70])
+        if ok:
+            self.bus.send(Snapshot(camera=self.spec.camera_id, sent_at=time.time(), captured_at=captured_at,
+                                   jpeg_b64=base64.b64encode(buf.tobytes()).decode(), width=w, height=h))
+
+    def _send_detection(self, display: DisplaySession, cycle: VehicleCycle, result: VehicleResult) -> None:
+        written = display.written[-1] if display.written and display.written[-1].track_id == cycle.track_id else None
+        self.bus.send(Detection(
+            camera=self.spec.camera_id, sent_at=time.time(), subscription_identifier=display.subscription_id,
+            display_id=display.display_id, session_id=written.session_id if written else None,
+            track_id=cycle.track_id, model_id=display.model_id, model_name=display.model_name,
+            captured_at=cycle.captured_at, decode_ms=0.0, inference_ms=cycle.inference_ms, vehicle=result,
+            image_key=written.image_key if written else None))
+        log.info("detection: display %s vehicle %d %s %s", display.display_id, cycle.track_id, result.brand,
+                 result.body_type)
+
+    def _on_control(self, msg: Control | Reload) -> None:
+        if isinstance(msg, Reload):
+            self._reload()
+            return
+        displays = self.pipelines.displays
+        for display_id, state in msg.displays.items():
+            self.control_state[display_id] = (state.session_id, state.progression_stage)
+            display = displays.get(display_id)
+            if display is None:
+                continue  # a display this worker does not (yet) serve; kept for a reload
+            display.set_stage(state.progression_stage)
+            display.set_session(state.session_id)
+
+    def _reload(self) -> None:
+        if self._reload_spec is None:
+            return
+        try:
+            spec = self._reload_spec()  # type: ignore[operator]
+        except Exception as err:
+            log.error("reload refused, keeping the running configuration: %s", err)
+            return
+        log.info("reloading: %d subscription(s)", len(spec.subscriptions))
+        old = self.pipelines
+        self.spec = spec
+        self.pipelines = build_pipelines(spec)
+        old.close()
+        for display_id, (session_id, stage) in self.control_state.items():
+            display = self.pipelines.displays.get(display_id)
+            if display is not None:
+                display.set_stage(stage)
+                display.set_session(session_id)
+
+    def _drain_status(self) -> bool:
+        changed = False
+        while True:
+            try:
+                online, why = self.status_events.get_nowait()
+            except queue.Empty:
+                return changed
+            if online != self.online:
+                changed = True
+                self.online = online
+                if not online:
+                    self.last_error = why
+                log.log(logging.INFO if online else logging.WARNING, "camera %s: %s",
+                        "online" if online else "offline", why)
+
+    def _send_status(self) -> None:
+        stats = self.reader.stats()
+        inference = max((g.lane.stats.inference_ms for g in self.pipelines.groups), default=0.0)
+        self.bus.send(Status(camera=self.spec.camera_id, sent_at=time.time(), online=self.online, fps=stats.fps,
+                             inference_ms=inference, reconnects=stats.reconnects, stalls=stats.stalls,
+                             dropped=self.bus.dropped, rss_mb=self.process.memory_info().rss / 2**20,
+                             last_error=self.last_error))
+
+    def _over_memory(self) -> bool:
+        rss_mb = self.process.memory_info().rss / 2**20
+        limit = self.spec.resource_limits.memory_per_process_mb
+        if rss_mb > limit:
+            log.error("memory %.0f MB is over the %d MB ceiling: exiting so supervisord restarts this camera",
+                      rss_mb, limit)
+            return True
+        return False
+
+    def close(self) -> None:
+        deadline = time.monotonic() + 1.5
+        self.reader.stop(timeout=0.5)
+        self.pipelines.close(flush_s=max(0.1, deadline - time.monotonic() - 0.2))
+        self._send_status_final()
+        self.bus.close()
+        log.info("worker stopped")
+
+    def _send_status_final(self) -> None:
+        self.online = False
+        self.last_error = "worker stopped"
+        with contextlib.suppress(Exception):  # best effort on the way out
+            self._send_status()
+
+
+def run_worker(spec: WorkerSpec, reload_spec: object = None, log_context: CameraContext | None = None) -> int:
+    flags = Flags()
+    _install_signals(flags)
+    threading.current_thread().name = f"camera-{spec.slug}"
+    worker = Worker(spec, flags, reload_spec)
+    if log_context is not None:
+        log_context.sessions = worker.sessions_text
+    return worker.run()

@@ -1,0 +1,1 @@
+"""Video input for the camera worker: frame sources, reconnect backoff and a latest-frame reader."""
