@@ -104,6 +104,8 @@ class ProcessState(BaseModel):
     from_state: str
     to_state: str
     pid: int | None = None
+    expected: bool | None = None  # EXITED only: whether the exit code was an expected one
+    serial: int | None = None  # supervisord's event serial: a gap means dropped events
     sent_at: float
 
 

@@ -91,6 +91,12 @@ def redis_writer(url: str, log: logging.Logger) -> StoreWriter[redis.Redis, Redi
     return StoreWriter("redis", connect, apply, lambda c: c.close(), is_outage, log=log)
 
 
+# SQLSTATE classes of a server that can't serve the write now: connection exception, transaction
+# rollback (deadlock, serialization), insufficient resources, object in use / lock not available,
+# operator intervention (shutdown, starting up, cancelled), system error.
+_OUTAGE_SQLSTATE_CLASSES = frozenset({"08", "40", "53", "55", "57", "58"})
+
+
 class _Tables:
     """Tables (and columns) this connection has made sure exist."""
 
@@ -149,6 +155,13 @@ def postgres_writer(dsn: str, log: logging.Logger) -> StoreWriter[Any, Upsert]:
             _upsert(cur, write)
 
     def is_outage(err: BaseException) -> bool:
-        return isinstance(err, (psycopg2.OperationalError, psycopg2.InterfaceError))
+        if isinstance(err, psycopg2.InterfaceError):
+            return True
+        if not isinstance(err, psycopg2.OperationalError):
+            return False
+        # No SQLSTATE: the connection itself failed (refused, closed, timed out). With one, only a
+        # server that can't serve now is an outage; psycopg2 also raises OperationalError for the
+        # write's own faults (54: an index row too large, ...), which retrying would repeat forever.
+        return err.pgcode is None or err.pgcode[:2] in _OUTAGE_SQLSTATE_CLASSES
 
     return StoreWriter("postgresql", connect, apply, lambda c: c.close(), is_outage, log=log)

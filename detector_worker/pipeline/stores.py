@@ -63,7 +63,8 @@ class StoreWriter(Generic[Conn, Write]):
 
     def stats(self) -> WriterStats:
         with self._cond:
-            return WriterStats(self._conn is not None, len(self._queue) + self._busy, self._written,
+            # the write being applied stays at the head of the queue until done: already counted
+            return WriterStats(self._conn is not None, len(self._queue), self._written,
                                self._rejected, self._dropped, self._outages)
 
     def flush(self, timeout: float) -> bool:
@@ -78,11 +79,12 @@ class StoreWriter(Generic[Conn, Write]):
             return True
 
     def close(self, timeout: float = 2.0) -> None:
+        deadline = time.monotonic() + timeout  # one budget for flushing and stopping, not one each
         self.flush(timeout)
         with self._cond:
             self._stopping = True
             self._cond.notify_all()
-        self._thread.join(timeout)
+        self._thread.join(max(0.0, deadline - time.monotonic()))
         with self._cond:
             if self._queue:
                 self._log.error("%s: closing with %d writes not applied (store unreachable)", self.name,

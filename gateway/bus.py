@@ -1,0 +1,107 @@
+"""The gateway's end of the ZeroMQ bus: PULL from workers (and supervisord's event listener),
+ROUTER to workers for control (session ids, stages, reload), addressed by camera slug.
+
+Intake never waits for the backend: every message is handed to a callback that only updates
+state or queues for the backend (bounded), so a slow or absent backend can't back up the bus.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Awaitable, Callable
+
+import zmq
+import zmq.asyncio
+from pydantic import ValidationError
+
+from detector_worker.comms.messages import AnyWorkerMessage, Control, DisplayControl, Reload, decode_from_worker, encode
+
+log = logging.getLogger("gateway.bus")
+Handler = Callable[[AnyWorkerMessage], Awaitable[None] | None]
+
+
+class GatewayBus:
+    def __init__(self, pull_endpoint: str, control_endpoint: str, on_message: Handler,
+                 on_invalid: Callable[[], None] | None = None) -> None:
+        self._ctx = zmq.asyncio.Context()
+        self._pull = self._ctx.socket(zmq.PULL)
+        self._pull.setsockopt(zmq.RCVHWM, 100_000)
+        self._pull.setsockopt(zmq.LINGER, 0)
+        self._pull.bind(pull_endpoint)
+        self._router = self._ctx.socket(zmq.ROUTER)
+        self._router.setsockopt(zmq.ROUTER_MANDATORY, 1)  # a send to an absent worker fails loudly
+        self._router.setsockopt(zmq.ROUTER_HANDOVER, 1)  # a restarted worker takes over its identity
+        self._router.setsockopt(zmq.LINGER, 0)
+        self._router.bind(control_endpoint)
+        self._on_message = on_message
+        self._on_invalid = on_invalid or (lambda: None)
+        self._tasks: list[asyncio.Task[None]] = []
+        self.hello: Callable[[str, bytes], Awaitable[None]] | None = None  # set by the app
+
+    def start(self) -> None:
+        self._tasks = [asyncio.create_task(self._pull_loop(), name="bus-pull"),
+                       asyncio.create_task(self._control_loop(), name="bus-control")]
+
+    async def close(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        self._pull.close(0)
+        self._router.close(0)
+        self._ctx.term()
+
+    async def _pull_loop(self) -> None:
+        while True:
+            data = await self._pull.recv()
+            try:
+                msg = decode_from_worker(data)
+            except ValidationError as err:
+                self._on_invalid()
+                log.warning("dropped a malformed bus message: %s", err.errors()[0]["msg"])
+                continue
+            try:
+                result = self._on_message(msg)
+                if result is not None:
+                    await result
+            except Exception:
+                log.exception("handling a %s message failed", msg.type)
+
+    async def _control_loop(self) -> None:
+        while True:
+            frames = await self._router.recv_multipart()
+            if len(frames) != 2:
+                self._on_invalid()
+                continue
+            identity, data = frames
+            try:
+                msg = decode_from_worker(data)
+            except ValidationError:
+                self._on_invalid()
+                continue
+            if msg.type != "hello" or self.hello is None:
+                continue
+            try:
+                await self.hello(msg.camera, identity)
+            except Exception:
+                log.exception("answering hello of %s failed", msg.camera)
+
+    async def send_control(self, identity: bytes, camera_id: str, displays: dict[str, DisplayControl]) -> bool:
+        """The full control state of one camera; False if its worker is not connected (it gets the
+        state with its next hello)."""
+        return await self._send(identity, Control(camera=camera_id, sent_at=time.time(), displays=displays))
+
+    async def send_reload(self, identity: bytes, camera_id: str) -> bool:
+        return await self._send(identity, Reload(camera=camera_id, sent_at=time.time()))
+
+    async def _send(self, identity: bytes, msg: Control | Reload) -> bool:
+        try:
+            await self._router.send_multipart([identity, encode(msg)], flags=zmq.NOBLOCK)
+            return True
+        except zmq.ZMQError as err:  # EHOSTUNREACH: not connected (yet); EAGAIN: its queue is full
+            log.debug("control for %s not sent: %s", msg.camera, err)
+            return False

@@ -1,0 +1,109 @@
+"""The gateway's settings: one typed object, read once from `conf/gateway.yaml` and the environment.
+
+Names follow the user's plan (`session_processes.*`, `resource_limits.*`); every option is
+documented in docs/operations.md. `GATEWAY_TOKEN` in the environment overrides `token`, so the
+secret need not sit in a file.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import sys
+from pathlib import Path
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from detector_worker.config.spec import InferenceSettings, ResourceLimits, SpecError, describe_validation_error
+
+PROJECT_DIR = Path(__file__).resolve().parents[1]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class LogRotation(_Strict):
+    max_size_mb: float = Field(100, gt=0)
+    backup_count: int = Field(5, ge=0, le=100)
+
+
+class SessionProcesses(_Strict):
+    max_concurrent_sessions: int = Field(20, ge=1, le=1000)  # camera workers at most
+    process_cleanup_timeout: float = Field(30.0, ge=0, le=3600)  # s a gone backend's cameras survive
+    health_check_interval: float = Field(10.0, gt=0, le=3600)  # s between stateReports and health checks
+    heartbeat_timeout: float = Field(15.0, gt=0, le=3600)  # s of worker silence that counts as hung
+    log_rotation: LogRotation = LogRotation()
+
+
+class BusEndpoints(_Strict):
+    pull: str = "tcp://127.0.0.1:5601"  # workers and the event listener push here
+    control: str = "tcp://127.0.0.1:5602"  # workers' DEALERs connect here
+
+
+class GatewaySettings(_Strict):
+    host: str = "127.0.0.1"
+    port: int = Field(8001, ge=1, le=65535)
+    token: str | None = Field(None, min_length=16)
+    max_message_bytes: int = Field(1_048_576, ge=1024)
+    project_dir: Path = PROJECT_DIR
+    python: Path = Path(sys.executable)
+    supervisor_socket: Path = PROJECT_DIR / "run" / "supervisor.sock"
+    programs_dir: Path = PROJECT_DIR / "conf" / "supervisord.d"
+    specs_dir: Path = PROJECT_DIR / "run" / "specs"
+    log_dir: Path = PROJECT_DIR / "logs"
+    model_cache_dir: Path = PROJECT_DIR / "build" / "model-cache"
+    cameras_file: Path | None = PROJECT_DIR / "cameras.yaml"
+    bus: BusEndpoints = BusEndpoints()
+    session_processes: SessionProcesses = SessionProcesses()
+    resource_limits: ResourceLimits = ResourceLimits()
+    inference: InferenceSettings = InferenceSettings()
+    max_fps: float | None = Field(5.0, gt=0, le=120)  # for the backend's cameras
+    redis_url: str | None = None  # overrides archives' own store settings (else REDIS_URL)
+    database_url: str | None = None  # (else DATABASE_URL)
+
+    @model_validator(mode="after")
+    def _token_off_loopback(self) -> GatewaySettings:
+        if not _is_loopback(self.host) and not self.token:
+            raise ValueError(f"host {self.host!r} is not loopback: a token (GATEWAY_TOKEN) is required")
+        return self
+
+    @property
+    def loopback(self) -> bool:
+        return _is_loopback(self.host)
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+_PATH_KEYS = ("supervisor_socket", "programs_dir", "specs_dir", "log_dir", "model_cache_dir", "cameras_file")
+
+
+def load_settings(path: Path | None, **overrides: object) -> GatewaySettings:
+    data: dict[str, object] = {}
+    if path is not None:
+        try:
+            data = yaml.safe_load(path.read_text()) or {}
+        except OSError as err:
+            raise SpecError(f"{path}: cannot read: {err.strerror}") from None
+        except yaml.YAMLError as err:
+            raise SpecError(f"{path}: not valid YAML: {err}") from None
+    data.update({k: v for k, v in overrides.items() if v is not None})
+    project = Path(str(data.get("project_dir", PROJECT_DIR)))
+    for key in _PATH_KEYS:  # relative paths in the file are relative to the project
+        value = data.get(key)
+        if isinstance(value, str) and not Path(value).is_absolute():
+            data[key] = str(project / value)
+    if os.environ.get("GATEWAY_TOKEN"):
+        data["token"] = os.environ["GATEWAY_TOKEN"]
+    try:
+        return GatewaySettings.model_validate(data)
+    except ValidationError as err:
+        raise SpecError(describe_validation_error(err, str(path or "gateway settings"))) from None

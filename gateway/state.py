@@ -1,0 +1,75 @@
+"""What the gateway knows about each camera right now, from workers and from supervisord.
+
+A camera is online only when its process runs (supervisord says RUNNING) *and* its worker says
+its stream is up; a crash, a FATAL program or an operator's stop makes it offline at once,
+whatever the worker last said.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+from detector_worker.comms.messages import Heartbeat, Snapshot, Status
+
+
+@dataclass
+class CameraState:
+    camera_id: str
+    program: str
+    process_state: str = "UNKNOWN"  # supervisord's state name
+    pid: int | None = None
+    stream_online: bool = False
+    fps: float = 0.0
+    inference_ms: float = 0.0
+    reconnects: int = 0
+    stalls: int = 0
+    dropped: int = 0
+    rss_mb: float = 0.0
+    last_error: str | None = None
+    restarts: int = 0  # process restarts seen (crashes, hung-worker restarts), not first starts
+    hung_restarts: int = 0
+    detections: int = 0
+    last_heartbeat: float | None = None  # monotonic
+    worker_pid: int | None = None
+    snapshot: Snapshot | None = None
+    _seen_running: bool = field(default=False, repr=False)
+
+    @property
+    def online(self) -> bool:
+        return self.process_state == "RUNNING" and self.stream_online
+
+    def on_status(self, msg: Status) -> None:
+        self.stream_online = msg.online
+        self.fps, self.inference_ms = msg.fps, msg.inference_ms
+        self.reconnects, self.stalls, self.dropped = msg.reconnects, msg.stalls, msg.dropped
+        self.rss_mb, self.last_error = msg.rss_mb, msg.last_error
+        self.last_heartbeat = time.monotonic()
+
+    def on_heartbeat(self, msg: Heartbeat) -> None:
+        self.last_heartbeat = time.monotonic()
+        self.worker_pid = msg.pid
+
+    def on_process_state(self, state: str, pid: int | None) -> None:
+        """supervisord's view; a RUNNING after a previous RUNNING means the process was restarted."""
+        if state == "RUNNING":
+            if self._seen_running and pid != self.pid:
+                self.restarts += 1
+            self._seen_running = True
+            self.last_heartbeat = time.monotonic()  # give a fresh process its full heartbeat timeout
+        else:
+            self.stream_online = False
+        self.process_state, self.pid = state, pid if state == "RUNNING" else None
+
+    def silent_for(self) -> float:
+        return time.monotonic() - self.last_heartbeat if self.last_heartbeat is not None else 0.0
+
+    def as_json(self) -> dict[str, object]:
+        return {
+            "camera": self.camera_id, "program": self.program, "process_state": self.process_state,
+            "pid": self.pid, "online": self.online, "stream_online": self.stream_online,
+            "fps": round(self.fps, 2), "inference_ms": round(self.inference_ms, 2), "reconnects": self.reconnects,
+            "stalls": self.stalls, "dropped": self.dropped, "rss_mb": round(self.rss_mb, 1),
+            "restarts": self.restarts, "hung_restarts": self.hung_restarts, "detections": self.detections,
+            "last_error": self.last_error, "heartbeat_age_s": round(self.silent_for(), 1),
+        }

@@ -1,0 +1,134 @@
+"""Program files: only validated values reach supervisord's config, written atomically."""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from pathlib import Path
+
+import pytest
+
+from gateway.supervisor.events import render_eventlistener
+from gateway.supervisor.programs import (
+    ProgramSpec,
+    UnsafeValue,
+    program_for_camera,
+    render,
+    write_programs,
+)
+
+ROOT = Path("/srv/fleet")
+
+
+def spec(name: str = "camera-a", **overrides: object) -> ProgramSpec:
+    base = ProgramSpec(name=name, command=["/venv/bin/python", "-m", "detector_worker.cli", "--spec",
+                                           f"/srv/fleet/run/specs/{name}.json"],
+                       directory=ROOT, environment={"PYTHONUNBUFFERED": "1"}, stdout_logfile=ROOT / "logs/a.log")
+    return dataclasses.replace(base, **overrides)  # type: ignore[arg-type]
+
+
+def test_render_is_a_complete_safe_section() -> None:
+    text = render(spec(environment={"YOLO_OFFLINE": "1", "OPENCV_OPTS": "rtsp_transport"}))
+    lines = text.splitlines()
+    assert lines[1] == "[program:camera-a]"
+    assert sum(line.startswith("[") for line in lines) == 1
+    assert "command=/venv/bin/python -m detector_worker.cli --spec /srv/fleet/run/specs/camera-a.json" in lines
+    assert 'environment=PYTHONUNBUFFERED="1",YOLO_OFFLINE="1",OPENCV_OPTS="rtsp_transport"' in lines
+    for line in ("autorestart=true", "startsecs=3", "startretries=5", "stopasgroup=true", "killasgroup=true",
+                 "stopsignal=TERM", "stopwaitsecs=5", "redirect_stderr=true", "stdout_logfile_maxbytes=10MB",
+                 "stdout_logfile_backups=3", "autostart=true", "directory=/srv/fleet"):
+        assert line in lines
+    assert "%" not in text
+
+
+def test_pythonunbuffered_is_always_set() -> None:
+    assert 'environment=PYTHONUNBUFFERED="1"' in render(spec(environment={}))
+
+
+@pytest.mark.parametrize("arg", ["a b", "x\n[program:evil]", "a;b", "'q'", '"q"', "p%40ss", "$(id)", "`id`",
+                                 "a#b", "a\rb", "a\0b", "a|b", "a&b", "a>b", "", "é"])
+def test_render_rejects_unsafe_command_arguments(arg: str) -> None:
+    with pytest.raises(UnsafeValue, match=r"command\[4\]"):
+        render(spec(command=["/venv/bin/python", "-m", "detector_worker.cli", "--spec", arg]))
+
+
+@pytest.mark.parametrize("value", ["p%40ss", 'a"b', "a\\b", "a\nb", "a,b", "a\rb", "a\0b", "a;b", "'a'", "a#b"])
+def test_render_rejects_unsafe_environment_values(value: str) -> None:
+    with pytest.raises(UnsafeValue, match=r"environment\.SECRET"):
+        render(spec(environment={"SECRET": value}))
+
+
+@pytest.mark.parametrize("key", ["lower", "A-B", "1A", "A B", "A\nB", ""])
+def test_render_rejects_bad_environment_keys(key: str) -> None:
+    with pytest.raises(UnsafeValue, match="environment"):
+        render(spec(environment={key: "x"}))
+
+
+@pytest.mark.parametrize(("field", "value"), [
+    ("directory", Path("/srv/fl eet")), ("directory", Path("relative")), ("stdout_logfile", Path("/l/%(ENV_X)s")),
+    ("startsecs", 1), ("stdout_logfile_maxbytes", "10MB\n[x]"), ("stopwaitsecs", -1), ("command", []),
+])
+def test_render_rejects_other_unsafe_fields(field: str, value: object) -> None:
+    with pytest.raises(UnsafeValue, match=field):
+        render(spec(**{field: value}))
+
+
+@pytest.mark.parametrize("name", ["all", "camera-", "camera-A", "camera-a:b", "camera-a/b", "camera-a b", "cam-x",
+                                  "camera-" + "x" * 61, "camera-events", "camera-all", "camera-a\n[x]"])
+def test_bad_names_are_refused(name: str) -> None:
+    with pytest.raises(UnsafeValue, match="name"):
+        spec(name=name)
+
+
+def test_program_for_camera_uses_only_the_slug(tmp_path: Path) -> None:
+    for camera_id in ["cam-001", "a;b", "x\n[program:evil]\ncommand=touch /tmp/pwned", '"quoted"', "p%40ss",
+                      "../../etc", "all", "events", "EVENTS", "c" * 5000]:
+        program = program_for_camera(camera_id, python="/venv/bin/python", spec_path=tmp_path / "s.json",
+                                     project_dir=tmp_path, log_dir=tmp_path / "logs")
+        text = render(program)
+        assert program.name.startswith("camera-") and program.name != "camera-events"
+        assert program.stdout_logfile == tmp_path / "logs" / f"{program.name}.log"
+        assert sum(line.startswith("[") for line in text.splitlines()) == 1
+        if re.search(r"[^a-z0-9_-]", camera_id):
+            assert camera_id not in text
+    assert program_for_camera("cam-001", python="p", spec_path=tmp_path, project_dir=tmp_path,
+                              log_dir=tmp_path).name == "camera-cam-001"
+
+
+def test_write_programs_is_minimal_and_leaves_other_files_alone(tmp_path: Path) -> None:
+    other = tmp_path / "demo-rtsp.conf"
+    other.write_text("[program:demo-rtsp]\ncommand=/bin/true\n")
+    listener = tmp_path / "camera-events.conf"
+    listener.write_text(render_eventlistener("/venv/bin/python", "tcp://127.0.0.1:5603", ROOT, ROOT / "e.log"))
+    a, b = spec("camera-a"), spec("camera-b")
+    assert write_programs(tmp_path, {"camera-a": a, "camera-b": b}).written == ["camera-a", "camera-b"]
+    inode = (tmp_path / "camera-a.conf").stat().st_ino
+    result = write_programs(tmp_path, {"camera-a": a, "camera-c": spec("camera-c")})
+    assert (result.written, result.unchanged, result.removed) == (["camera-c"], ["camera-a"], ["camera-b"])
+    assert (tmp_path / "camera-a.conf").stat().st_ino == inode  # byte-identical: not rewritten
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "camera-a.conf", "camera-c.conf", "camera-events.conf", "demo-rtsp.conf"]
+    assert (tmp_path / "camera-c.conf").read_text() == render(spec("camera-c"))
+
+
+def test_write_programs_changes_nothing_when_one_spec_is_unsafe(tmp_path: Path) -> None:
+    write_programs(tmp_path, {"camera-a": spec("camera-a")})
+    before = (tmp_path / "camera-a.conf").read_bytes()
+    bad = spec("camera-b", environment={"X": "p%40ss"})
+    with pytest.raises(UnsafeValue):
+        write_programs(tmp_path, {"camera-a": spec("camera-a", startretries=9), "camera-b": bad})
+    assert (tmp_path / "camera-a.conf").read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["camera-a.conf"]
+    with pytest.raises(ValueError, match="keyed"):
+        write_programs(tmp_path, {"cam-a": spec("camera-a")})
+
+
+def test_eventlistener_section() -> None:
+    text = render_eventlistener("/venv/bin/python", "tcp://127.0.0.1:5603", ROOT, ROOT / "logs/events.log")
+    assert "[eventlistener:camera-events]" in text.splitlines()
+    assert ("command=/venv/bin/python -m gateway.supervisor.events --push tcp://127.0.0.1:5603 --wake-interval=0.25"
+            in text.splitlines())
+    for line in ("events=PROCESS_STATE", "buffer_size=1000", "autorestart=true"):
+        assert line in text.splitlines()
+    with pytest.raises(UnsafeValue, match="push_endpoint"):
+        render_eventlistener("/venv/bin/python", "tcp://x\n[program:evil]", ROOT, ROOT / "e.log")
