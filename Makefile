@@ -5,11 +5,13 @@ VENV := .venv
 PY := $(VENV)/bin/python
 SUPERVISORCTL := $(VENV)/bin/supervisorctl -c conf/supervisord.conf
 
-.PHONY: help bootstrap run stop status test lint typecheck unit bench models demo-footage clean
+.PHONY: help bootstrap run stop status reload demo test lint typecheck unit bench models clean
 
 help:
 	@echo "make run      start the fleet (supervisord + demo RTSP cameras), offline"
 	@echo "make stop     stop everything make run started"
+	@echo "make reload   apply an edited cameras.yaml (only the difference)"
+	@echo "make demo     a tiny backend: subscribes, binds sessions, prints detections"
 	@echo "make test     install what is missing, then ruff, mypy and the whole test suite"
 	@echo "make bench    print model accuracy and speed figures"
 	@echo "make models   retrain the stand-in models from generated data and repack the archive"
@@ -22,6 +24,12 @@ run: bootstrap
 
 stop:
 	@scripts/run_fleet.sh stop
+
+reload:
+	@scripts/run_fleet.sh reload
+
+demo: bootstrap
+	$(PY) scripts/demo_backend.py --seconds 0
 
 status:
 	@$(SUPERVISORCTL) status

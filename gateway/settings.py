@@ -2,7 +2,7 @@
 
 Names follow the user's plan (`session_processes.*`, `resource_limits.*`); every option is
 documented in docs/operations.md. `GATEWAY_TOKEN` in the environment overrides `token`, so the
-secret need not sit in a file.
+secret need not sit in a file; `GATEWAY_CAMERAS_FILE` overrides `cameras_file`.
 """
 
 from __future__ import annotations
@@ -103,6 +103,8 @@ def load_settings(path: Path | None, **overrides: object) -> GatewaySettings:
             data[key] = str(project / value)
     if os.environ.get("GATEWAY_TOKEN"):
         data["token"] = os.environ["GATEWAY_TOKEN"]
+    if os.environ.get("GATEWAY_CAMERAS_FILE"):  # e.g. a test's own copy; supervisord passes its env on
+        data["cameras_file"] = os.environ["GATEWAY_CAMERAS_FILE"]
     try:
         return GatewaySettings.model_validate(data)
     except ValidationError as err:

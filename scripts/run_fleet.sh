@@ -20,10 +20,30 @@ demo_footage() {
   for p in "${pids[@]}"; do wait "$p"; done
 }
 
+demo_database() {
+  # The stand-in archive writes to database "inference" on the local PostgreSQL (as the backend's
+  # archives do); create it when the server answers. Without one, results wait in the workers' queues.
+  "$VENV/bin/python" - <<'PY' || true
+import psycopg2
+try:
+    conn = psycopg2.connect("postgresql://postgres@127.0.0.1:5432/postgres", connect_timeout=2)
+except psycopg2.Error as err:
+    print(f"fleet: no local PostgreSQL ({str(err).strip().splitlines()[0]}); results wait until one answers")
+    raise SystemExit(0)
+conn.autocommit = True
+with conn.cursor() as cur:
+    cur.execute("SELECT 1 FROM pg_database WHERE datname = 'inference'")
+    if cur.fetchone() is None:
+        cur.execute("CREATE DATABASE inference")
+        print("fleet: created database 'inference' for the demo's results")
+PY
+}
+
 start() {
   mkdir -p run logs conf/supervisord.d
   chmod 0700 run
   demo_footage
+  demo_database
   if running; then
     "${CTL[@]}" update
   else
@@ -37,10 +57,14 @@ start() {
   cat <<MSG
 
 The fleet is up.
-  demo cameras:  rtsp://127.0.0.1:8554/cam-001  rtsp://127.0.0.1:8554/cam-002
-  operator:      $VENV/bin/supervisorctl -c conf/supervisord.conf status|start|stop|restart|tail <program>
-  logs:          logs/ (supervisord.log, demo_rtsp.log, one file per camera)
-  stop it all:   make stop
+  backend WebSocket: ws://127.0.0.1:8001/        (watch the whole loop: make demo)
+  cameras:           curl http://127.0.0.1:8001/cameras
+  metrics:           curl http://127.0.0.1:8001/metrics
+  a snapshot:        curl -o cam-001.jpg http://127.0.0.1:8001/cameras/cam-001/snapshot
+  demo cameras:      rtsp://127.0.0.1:8554/cam-001  rtsp://127.0.0.1:8554/cam-002  (cameras.yaml)
+  operator:          $VENV/bin/supervisorctl -c conf/supervisord.conf status|start|stop|restart|tail camera-cam-001
+  logs:              logs/detector_worker_main.log (gateway), logs/detector_worker_camera_<camera>.log
+  stop it all:       make stop
 MSG
 }
 
@@ -61,8 +85,14 @@ stop() {
   echo "fleet: stopped"
 }
 
+reload() {
+  running || { echo "fleet: not running (make run)"; exit 1; }
+  "${CTL[@]}" signal HUP gateway >/dev/null && echo "fleet: gateway re-reads cameras.yaml and applies the difference"
+}
+
 case "${1:-}" in
   start) start ;;
   stop) stop ;;
-  *) echo "usage: $0 start|stop" >&2; exit 2 ;;
+  reload) reload ;;
+  *) echo "usage: $0 start|stop|reload" >&2; exit 2 ;;
 esac
