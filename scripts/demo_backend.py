@@ -38,7 +38,8 @@ def main() -> int:
         print(f"connected to {args.url}")
         ws.send(json.dumps({"type": "subscribe", "payload": {
             "subscriptionIdentifier": "display-demo;cam-001", "rtspUrl": "rtsp://127.0.0.1:8554/cam-001",
-            "modelUrl": archive, "modelId": "car_frontal_pipeline_v1", "modelName": "Car Frontal Pipeline (stand-in)"}}))
+            "modelUrl": archive, "modelId": "car_frontal_pipeline_v1",
+            "modelName": "Car Frontal Pipeline (stand-in)"}}))
         while time.monotonic() < deadline:
             now = time.monotonic()
             for display, ends in list(open_sessions.items()):
