@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import os
 import subprocess
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -43,8 +44,9 @@ class Pipelines:
         return {d.display_id: d for g in self.groups for d in g.displays}
 
     def close(self, flush_s: float = 1.0) -> None:
+        deadline = time.monotonic() + flush_s  # one budget for all stores, not one each
         for writer in self.writers:
-            writer.close(flush_s)
+            writer.close(max(0.05, deadline - time.monotonic()))
         for instance in self.instances:
             instance.close()
 

@@ -12,10 +12,15 @@ import os
 import sys
 from pathlib import Path
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from detector_worker.config.spec import InferenceSettings, ResourceLimits, SpecError, describe_validation_error
+from detector_worker.config.spec import (
+    InferenceSettings,
+    ResourceLimits,
+    SpecError,
+    describe_validation_error,
+    read_yaml_file,
+)
 
 PROJECT_DIR = Path(__file__).resolve().parents[1]
 
@@ -89,12 +94,7 @@ _PATH_KEYS = ("supervisor_socket", "programs_dir", "specs_dir", "log_dir", "mode
 def load_settings(path: Path | None, **overrides: object) -> GatewaySettings:
     data: dict[str, object] = {}
     if path is not None:
-        try:
-            data = yaml.safe_load(path.read_text()) or {}
-        except OSError as err:
-            raise SpecError(f"{path}: cannot read: {err.strerror}") from None
-        except yaml.YAMLError as err:
-            raise SpecError(f"{path}: not valid YAML: {err}") from None
+        data = read_yaml_file(path) or {}
     data.update({k: v for k, v in overrides.items() if v is not None})
     project = Path(str(data.get("project_dir", PROJECT_DIR)))
     for key in _PATH_KEYS:  # relative paths in the file are relative to the project

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from .spec import (
@@ -26,6 +25,7 @@ from .spec import (
     Subscription,
     WorkerSpec,
     describe_validation_error,
+    read_yaml_file,
 )
 
 
@@ -108,12 +108,7 @@ class CamerasFile(_Strict):
 
 
 def load_cameras_file(path: Path) -> CamerasFile:
-    try:
-        data = yaml.safe_load(path.read_text()) or {}
-    except OSError as err:
-        raise SpecError(f"{path}: cannot read: {err.strerror}") from None
-    except yaml.YAMLError as err:
-        raise SpecError(f"{path}: not valid YAML: {err}") from None
+    data = read_yaml_file(path) or {}
     try:
         return CamerasFile.model_validate(data)
     except ValidationError as err:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -141,16 +141,21 @@ def describe_validation_error(err: ValidationError, origin: str) -> str:
     return f"{origin}: {where}: {first['msg']}{more}"
 
 
-def load_spec(path: Path) -> WorkerSpec:
-    """Read a spec file (JSON or YAML) written by the gateway."""
+def read_yaml_file(path: Path) -> Any:
+    """A YAML (or JSON) file's content; SpecError with one line naming the file when it can't be read."""
     try:
         text = path.read_text()
     except OSError as err:
         raise SpecError(f"{path}: cannot read: {err.strerror}") from None
     try:
-        data = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
+        return json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
     except (json.JSONDecodeError, yaml.YAMLError) as err:
         raise SpecError(f"{path}: not valid {'JSON' if path.suffix == '.json' else 'YAML'}: {err}") from None
+
+
+def load_spec(path: Path) -> WorkerSpec:
+    """Read a spec file (JSON or YAML) written by the gateway."""
+    data = read_yaml_file(path)
     try:
         return WorkerSpec.model_validate(data)
     except ValidationError as err:

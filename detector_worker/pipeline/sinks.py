@@ -141,8 +141,11 @@ def postgres_writer(dsn: str, log: logging.Logger) -> StoreWriter[Any, Upsert]:
     tables = _Tables()
 
     def connect() -> Any:
-        conn = psycopg2.connect(dsn, connect_timeout=3)
+        conn = psycopg2.connect(dsn, connect_timeout=3, keepalives=1, keepalives_idle=10, keepalives_interval=5,
+                                keepalives_count=3)
         conn.autocommit = True
+        with conn.cursor() as cur:  # a hung server must not hold the writer forever
+            cur.execute("SET statement_timeout = '10s'")
         tables.ready.clear()  # a new server may have lost nothing, but check once per connection
         return conn
 

@@ -18,13 +18,12 @@ import pytest
 import redis
 
 from detector_worker.pipeline.actions import ActionRunner
-from detector_worker.pipeline.engine import BranchResult, VehicleCycle
-from detector_worker.pipeline.models import Detection
 from detector_worker.pipeline.schema import parse_pipeline
 from detector_worker.pipeline.sessions import DisplaySession
 from detector_worker.pipeline.sinks import Publish, SaveImage, Upsert, postgres_writer, redis_writer
 from detector_worker.pipeline.stores import StoreWriter
-from detector_worker.synthetic.standin import BODY, BRAND, standin_pipeline
+from detector_worker.synthetic.standin import standin_pipeline
+from tests.pipeline.factories import cycle
 from tests.servers import (
     PostgresServer,
     PostgresTemplate,
@@ -83,17 +82,6 @@ def logs(caplog: pytest.LogCaptureFixture) -> Callable[[str], list[str]]:
     """messages("substring") -> the writers' log messages containing it."""
     caplog.set_level(logging.INFO, logger=LOG.name)
     return lambda part: [r.getMessage() for r in caplog.records if r.name == LOG.name and part in r.getMessage()]
-
-
-def cycle(track_id: int, brand: str, body: str, colour: int) -> VehicleCycle:
-    car = np.full((60, 90, 3), colour, np.uint8)
-    front = np.full((20, 90, 3), colour, np.uint8)
-    return VehicleCycle(
-        track_id=track_id, captured_at=time.time(), vehicle_class="Car",
-        detections={"Car": Detection((0, 0, 90, 60), "Car", 0.95),
-                    "Frontal": Detection((0, 40, 90, 60), "Frontal", 0.9)},
-        branches={BRAND: BranchResult(BRAND, brand, 0.99), BODY: BranchResult(BODY, body, 0.98)},
-        crops={"Car": car, "Frontal": front}, inference_ms=5.0)
 
 
 class Display:
