@@ -23,11 +23,20 @@ import numpy as np
 import psutil
 
 from .comms.bus import WorkerBus
-from .comms.messages import Control, Detection, Heartbeat, Reload, Snapshot, Status, VehicleResult
+from .comms.messages import (
+    Control,
+    Detection,
+    Heartbeat,
+    Reload,
+    SessionResult,
+    Snapshot,
+    Status,
+    VehicleResult,
+)
 from .config.spec import WorkerSpec
 from .logs import CameraContext
 from .pipeline.engine import VehicleCycle
-from .pipeline.sessions import DisplaySession
+from .pipeline.sessions import DisplaySession, Written
 from .pipelines import Pipelines, build_pipelines
 from .video.backoff import Backoff
 from .video.reader import LatestFrameReader
@@ -78,13 +87,25 @@ class Worker:
         self.bus = WorkerBus(spec.camera_id, spec.slug, spec.bus.push_endpoint, spec.bus.control_endpoint,
                              send_hwm=spec.bus.send_hwm, log=logging.getLogger("detector_worker.bus"))
         self.status_events: queue.SimpleQueue[tuple[bool, str]] = queue.SimpleQueue()
-        self.pipelines: Pipelines = build_pipelines(spec)
+        self.pipelines: Pipelines = self._build(spec)
         self.control_state: dict[str, tuple[str | None, str | None]] = {}
         self.reader = self._start_reader()
         self.process = psutil.Process()
         self.started = time.monotonic()
         self.online = False
         self.last_error: str | None = None
+
+    def _build(self, spec: WorkerSpec) -> Pipelines:
+        pipelines = build_pipelines(spec)
+        for display in pipelines.displays.values():
+            display.on_written = self._send_session_result
+        return pipelines
+
+    def _send_session_result(self, display: DisplaySession, written: Written) -> None:
+        self.bus.send(SessionResult(
+            camera=self.spec.camera_id, sent_at=time.time(), subscription_identifier=display.subscription_id,
+            display_id=display.display_id, session_id=written.session_id, track_id=written.track_id,
+            image_key=written.image_key, vehicle=vehicle_result(written.cycle)))
 
     def _start_reader(self) -> LatestFrameReader:
         s = self.spec.source
@@ -195,7 +216,7 @@ class Worker:
         log.info("reloading: %d subscription(s)", len(spec.subscriptions))
         old = self.pipelines
         self.spec = spec
-        self.pipelines = build_pipelines(spec)
+        self.pipelines = self._build(spec)
         old.close()
         for display_id, (session_id, stage) in self.control_state.items():
             display = self.pipelines.displays.get(display_id)

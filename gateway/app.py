@@ -22,6 +22,7 @@ from detector_worker.comms.messages import (
     DisplayControl,
     Heartbeat,
     ProcessState,
+    SessionResult,
     Snapshot,
     Status,
 )
@@ -73,6 +74,7 @@ class Gateway:
                               on_invalid=self.metrics.bus_invalid.inc)
         self.bus.hello = self.on_hello
         self.on_detection: Callable[[Detection], None] = lambda d: None  # set by the server
+        self.on_session_result: Callable[[SessionResult], None] = lambda r: None
         self._dirty = asyncio.Event()
         self._applied = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
@@ -206,6 +208,8 @@ class Gateway:
             state.detections += 1
             self.metrics.detections.labels(msg.camera).inc()
             self.on_detection(msg)
+        elif isinstance(msg, SessionResult):
+            self.on_session_result(msg)
 
     async def set_display_control(self, display_id: str, *, session_id: object = ...,
                                   stage: object = ...) -> None:

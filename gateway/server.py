@@ -28,6 +28,7 @@ from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
 
 from detector_worker.comms.messages import Detection as BusDetection
+from detector_worker.comms.messages import SessionResult as BusSessionResult
 
 from . import protocol as p
 from .app import Gateway
@@ -75,6 +76,7 @@ class GatewayServer:
         self._cleanup: asyncio.Task[None] | None = None
         self._server: Server | None = None
         gateway.on_detection = self.relay_detection
+        gateway.on_session_result = self.relay_session_result
 
     # -- lifecycle -------------------------------------------------------------------------
     async def start(self) -> None:
@@ -206,6 +208,18 @@ class GatewayServer:
             subscription_identifier=det.subscription_identifier,
             timestamp=datetime.fromtimestamp(det.captured_at, UTC),
             data=p.DetectionData(detection=detection, model_id=model_id, model_name=det.model_name)))
+
+    def relay_session_result(self, result: BusSessionResult) -> None:
+        """The vehicle's result is stored under the session: tell the backend (patchSession)."""
+        if self.backend is None:
+            self.gateway.metrics.backend_dropped.inc()
+            return
+        v = result.vehicle
+        data: dict[str, object] = {
+            "carBrand": v.brand, "bodyType": v.body_type, "carBrandConfidence": v.brand_confidence,
+            "bodyTypeConfidence": v.body_type_confidence, "imageKey": result.image_key, "trackId": result.track_id,
+            "displayIdentifier": result.display_id, "subscriptionIdentifier": result.subscription_identifier}
+        self.backend.send(p.PatchSession(payload=p.PatchSessionPayload(session_id=result.session_id, data=data)))
 
     async def _report_loop(self, link: BackendLink) -> None:
         while True:

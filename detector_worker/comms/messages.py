@@ -4,7 +4,8 @@ One module, imported by both sides, so the two can never disagree on a field. Me
 JSON objects with a `type` tag and a protocol version `v`; unknown types or fields are
 rejected (a newer peer must bump `v`, not slip fields in).
 
-Worker → gateway (PUSH → PULL): `hello`, `heartbeat`, `status`, `detection`, `snapshot`.
+Worker → gateway (PUSH → PULL): `hello`, `heartbeat`, `status`, `detection`, `session_result`,
+`snapshot`.
 supervisord's event listener → gateway (PUSH → PULL): `process_state`.
 Gateway → worker (ROUTER → DEALER, addressed by camera): `control` (the full session and
 stage state of the camera's displays, idempotent) and `reload`.
@@ -84,6 +85,18 @@ class Detection(_Message):
     image_key: str | None = None  # where the crop went in Redis, once stored
 
 
+class SessionResult(_Message):
+    """A vehicle's result was written under a session: the gateway tells the backend (patchSession)."""
+
+    type: Literal["session_result"] = "session_result"
+    subscription_identifier: str
+    display_id: str
+    session_id: str
+    track_id: int
+    image_key: str | None
+    vehicle: VehicleResult
+
+
 class Snapshot(_Message):
     """The camera's latest frame, small and infrequent, for the gateway's snapshot endpoint."""
 
@@ -128,7 +141,7 @@ class Reload(_Message):
     type: Literal["reload"] = "reload"
 
 
-AnyWorkerMessage = Hello | Heartbeat | Status | Detection | Snapshot | ProcessState
+AnyWorkerMessage = Hello | Heartbeat | Status | Detection | SessionResult | Snapshot | ProcessState
 WorkerMessage = Annotated[AnyWorkerMessage, Field(discriminator="type")]
 GatewayMessage = Annotated[Control | Reload, Field(discriminator="type")]
 

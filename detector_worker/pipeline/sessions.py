@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from .actions import ActionRunner, WriteContext
@@ -28,6 +29,7 @@ class Written:
     session_id: str
     track_id: int
     image_key: str | None
+    cycle: VehicleCycle
 
 
 class DisplaySession:
@@ -46,6 +48,7 @@ class DisplaySession:
         self.bound_track: int | None = None
         self._pending: tuple[VehicleCycle, float] | None = None
         self.written: list[Written] = []  # what this display wrote, newest last (bounded)
+        self.on_written: Callable[[DisplaySession, Written], None] = lambda display, written: None
 
     @property
     def pending(self) -> VehicleCycle | None:
@@ -91,7 +94,9 @@ class DisplaySession:
         key = self.actions.write(cycle, WriteContext(self.camera_id, self.display_id, self.subscription_id,
                                                      self.session_id, self.model_id, self.model_name,
                                                      self.progression_stage))
-        self.written.append(Written(self.session_id, cycle.track_id, key))
+        written = Written(self.session_id, cycle.track_id, key, cycle)
+        self.written.append(written)
         del self.written[:-100]
+        self.on_written(self, written)
         self.log.info("display %s: vehicle %d written under session %s", self.display_id, cycle.track_id,
                       self.session_id)

@@ -156,3 +156,27 @@ def test_every_endpoint_answers_and_bad_messages_get_errors(fleet: Fleet, rtsp_s
                                                         "invalid_message"]
     b.send({"type": "requestState"})
     b.wait_for(lambda: b.of_type("stateReport"), 10, "still answering")
+
+
+def test_a_bound_session_is_written_and_reported_back_as_patch_session(fleet: Fleet, rtsp_server: RtspServer,
+                                                                        database_url: str) -> None:
+    import psycopg2
+
+    b = backend(fleet)
+    b.send({"type": "subscribe", "payload": subscription("display-1", "cam-b", rtsp_server.url("cam-b"), MODEL_URL)})
+    first = b.wait_for(lambda: b.of_type("imageDetection"), 90, "a detection")[0]["data"]["detection"]
+    b.send({"type": "setSessionId", "payload": {"displayIdentifier": "display-1", "sessionId": 4711}})
+    patch = b.wait_for(lambda: b.of_type("patchSession"), 20, "patchSession")[0]["payload"]
+    assert patch["sessionId"] == "4711"
+    assert (patch["data"]["carBrand"], patch["data"]["bodyType"]) == (first["carBrand"], first["bodyType"])
+    assert patch["data"]["imageKey"] and ":4711:" in patch["data"]["imageKey"]
+
+    def row() -> object:
+        with psycopg2.connect(database_url) as conn, conn.cursor() as cur:
+            cur.execute("SELECT to_regclass('car_frontal_info')")
+            if cur.fetchone()[0] is None:  # type: ignore[index]
+                return None
+            cur.execute("SELECT car_brand, car_body_type FROM car_frontal_info WHERE session_id = '4711'")
+            return cur.fetchone()
+
+    assert fleet.wait_for(row, 10, "the row") == (first["carBrand"], first["bodyType"])
