@@ -69,7 +69,7 @@ class SupervisorBridge:
             for key, spec in desired.items():
                 try:
                     if key != spec.name or not self._mine(key):
-                        raise ValueError(f"keyed {key!r} but named {spec.name!r} (prefix {self.prefix!r})")
+                        raise ValueError(f"keyed {key!r}: keys must be the program names, starting {self.prefix!r}")
                     render(spec)
                     valid[key] = spec
                 except ValueError as err:  # UnsafeValue too; its old file (if any) is left as it is
@@ -230,12 +230,28 @@ def _signal(proc: psutil.Process, sig: signal.Signals) -> None:
             os.killpg(proc.pid, sig)
 
 
+def _running(proc: psutil.Process) -> bool:
+    try:  # an orphan's zombie lingers until init reaps it: it counts as ended
+        return proc.is_running() and proc.status() != psutil.STATUS_ZOMBIE
+    except psutil.Error:
+        return False
+
+
+def _wait_ended(procs: list[psutil.Process], timeout_s: float) -> list[psutil.Process]:
+    """The processes still running after up to `timeout_s`."""
+    deadline = time.monotonic() + timeout_s
+    alive = [p for p in procs if _running(p)]
+    while alive and time.monotonic() < deadline:
+        time.sleep(0.02)
+        alive = [p for p in alive if _running(p)]
+    return alive
+
+
 def _end_orphans(specs_dir: Path, supervisord_pid: int, kill_after_s: float) -> list[int]:
     orphans = find_orphans(specs_dir, supervisord_pid)
     for proc in orphans:
         _signal(proc, signal.SIGTERM)
-    _, alive = psutil.wait_procs(orphans, timeout=kill_after_s)
-    for proc in alive:
+    for proc in _wait_ended(orphans, kill_after_s):
         _signal(proc, signal.SIGKILL)
-    psutil.wait_procs(alive, timeout=1)
+    _wait_ended(orphans, 1.0)
     return sorted(p.pid for p in orphans)

@@ -16,10 +16,10 @@ gateway should reconcile with `getAllProcessInfo` periodically anyway.
 
 An idle supervisord is slow to report a death: its loop sleeps in a 1 s poll(), reaps a killed
 child on the next pass (when the pipe's EOF arrived before the child was a zombie) and hands the
-event to listeners one pass later: kill -9 -> event took 1.0-2.0 s in 2 of 3 tries. Any
-connection to its socket wakes the loop, so this listener "knocks" (connect + close, no request)
-every `--wake-interval` s (0.25 by default; ~0.4 % of a core at 10/s): events then arrive within
-about twice that.
+event to listeners one pass later: kill -9 -> event took 1.0-2.0 s (median 1.5 s, 6 tries).
+Any connection to its socket wakes the loop, so this listener "knocks" (connect + close, no
+request) every `--wake-interval` s (0.25 by default; knocking 10/s cost supervisord ~0.4 % of a
+core): kill -9 -> event then took 150-235 ms (median 184 ms).
 
 stdout is supervisord's protocol channel (READY / RESULT): nothing else may ever be written to
 it, so `sys.stdout` is pointed at stderr and logs go to stderr.

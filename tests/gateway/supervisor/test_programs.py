@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import re
+import shlex
 from pathlib import Path
 
 import pytest
@@ -20,7 +21,7 @@ from gateway.supervisor.programs import (
 ROOT = Path("/srv/fleet")
 
 
-def spec(name: str = "camera-a", **overrides: object) -> ProgramSpec:
+def spec(name: str = "camera-a", /, **overrides: object) -> ProgramSpec:
     base = ProgramSpec(name=name, command=["/venv/bin/python", "-m", "detector_worker.cli", "--spec",
                                            f"/srv/fleet/run/specs/{name}.json"],
                        directory=ROOT, environment={"PYTHONUNBUFFERED": "1"}, stdout_logfile=ROOT / "logs/a.log")
@@ -70,7 +71,7 @@ def test_render_rejects_bad_environment_keys(key: str) -> None:
 ])
 def test_render_rejects_other_unsafe_fields(field: str, value: object) -> None:
     with pytest.raises(UnsafeValue, match=field):
-        render(spec(**{field: value}))
+        render(spec("camera-a", **{field: value}))
 
 
 @pytest.mark.parametrize("name", ["all", "camera-", "camera-A", "camera-a:b", "camera-a/b", "camera-a b", "cam-x",
@@ -132,3 +133,15 @@ def test_eventlistener_section() -> None:
         assert line in text.splitlines()
     with pytest.raises(UnsafeValue, match="push_endpoint"):
         render_eventlistener("/venv/bin/python", "tcp://x\n[program:evil]", ROOT, ROOT / "e.log")
+
+
+def test_supervisord_parses_back_exactly_what_was_given() -> None:
+    from supervisor.datatypes import dict_of_key_value_pairs
+
+    env = {"A": "", "B": "a b", "C": "x=y:z", "D": "$HOME `id` (1)", "E": "tcp://127.0.0.1:5601/x?y=1&z=2"}
+    command = ["/venv/bin/python", "-m", "x.y", "--a=b,c", "user@host:/p+q"]
+    lines = render(spec(environment=env, command=command)).splitlines()
+    environment = next(line for line in lines if line.startswith("environment=")).removeprefix("environment=")
+    assert dict_of_key_value_pairs(environment) == {"PYTHONUNBUFFERED": "1", **env}
+    rendered_command = next(line for line in lines if line.startswith("command=")).removeprefix("command=")
+    assert shlex.split(rendered_command) == command
