@@ -12,7 +12,7 @@ import hashlib
 import re
 
 _UNSAFE = re.compile(r"[^a-z0-9_-]+")
-_RESERVED = {"all", "supervisord", "gateway"}
+_RESERVED = {"all", "supervisord", "gateway", "events"}  # "events": the camera-events listener
 MAX_SLUG = 60
 
 

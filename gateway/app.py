@@ -27,7 +27,7 @@ from detector_worker.comms.messages import (
     Status,
 )
 from detector_worker.config.cameras_file import CamerasFile, load_cameras_file
-from detector_worker.config.spec import SpecError
+from detector_worker.config.spec import SpecError, load_spec
 
 from .bus import GatewayBus
 from .desired import BackendSubscription, CameraPlan, PlanError, displays_of, plan, spec_json, spec_path
@@ -61,6 +61,8 @@ class Gateway:
         self.settings = settings
         self.cameras_file: CamerasFile | None = None
         self.backend_subs: dict[str, BackendSubscription] = {}
+        # the backend's subscriptions as a previous gateway process left them (inherit_backend_subscriptions)
+        self.inherited_subs: dict[str, BackendSubscription] = {}
         self.display_controls: dict[str, DisplayControl] = {}
         self.plans: dict[str, CameraPlan] = {}
         self.programs: dict[str, ProgramSpec] = {}  # camera id → its program
@@ -86,6 +88,7 @@ class Gateway:
             d.mkdir(parents=True, exist_ok=True)
         os.chmod(self.settings.specs_dir, 0o700)
         self.load_cameras_file()
+        self.inherited_subs = self.inherit_backend_subscriptions()
         with contextlib.suppress(SupervisorUnavailable, SupervisorError):
             ended = await self.bridge.adopt_or_clean(self.settings.specs_dir)
             if ended:
@@ -128,7 +131,35 @@ class Gateway:
             return False
 
     def compute_plan(self) -> tuple[dict[str, CameraPlan], list[PlanError]]:
-        return plan(self.settings, self.cameras_file, self.backend_subs.values())
+        cameras = {s.camera_id for s in self.backend_subs.values()}  # the backend's word on a camera wins
+        inherited = [s for s in self.inherited_subs.values() if s.camera_id not in cameras]
+        return plan(self.settings, self.cameras_file, [*inherited, *self.backend_subs.values()])
+
+    def inherit_backend_subscriptions(self) -> dict[str, BackendSubscription]:
+        """The backend's subscriptions that the spec files of a previous gateway process hold.
+
+        A restarted gateway (killed, or restarted with supervisord) knows nothing of the backend
+        until it reconnects: planning without these would remove every backend camera at once and
+        start it again when the backend re-declares it. They are kept like a disconnected backend's
+        cameras: until the backend declares its list, or for `process_cleanup_timeout`.
+        """
+        static = {f"{display};{name}" for name, cam in (self.cameras_file.cameras if self.cameras_file else {}).items()
+                  for display in cam.displays}
+        found: dict[str, BackendSubscription] = {}
+        for path in sorted(self.settings.specs_dir.glob("*.json")):
+            try:
+                spec = load_spec(path)
+            except SpecError as err:
+                log.warning("not inheriting a camera from %s", err)
+                continue
+            for sub in spec.subscriptions:
+                if sub.subscription_identifier not in static:
+                    found[sub.subscription_identifier] = BackendSubscription(
+                        sub.subscription_identifier, sub.display_id, spec.camera_id, spec.source, sub.model, sub.crop)
+        if found:
+            log.info("kept %d backend subscription(s) of the previous gateway until the backend returns",
+                     len(found))
+        return found
 
     async def _apply_loop(self) -> None:
         while True:
@@ -171,8 +202,9 @@ class Gateway:
         replaced = set(report.added) | set(report.replaced)
         self.plans, self.programs = plans, programs
         for camera_id in changed_specs:  # same program, new spec: the running worker re-reads it
-            if programs[camera_id].name not in replaced and camera_id in self.identities:
-                await self.bus.send_reload(self.identities[camera_id], camera_id)
+            identity = self.identity(camera_id)
+            if programs[camera_id].name not in replaced and identity is not None:
+                await self.bus.send_reload(identity, camera_id)
         if report.added or report.removed or report.replaced:
             log.info("applied: +%s -%s ~%s", report.added, report.removed, report.replaced)
 
@@ -182,6 +214,15 @@ class Gateway:
             return
         self.identities[camera_id] = identity
         await self.bus.send_control(identity, camera_id, self.controls_for(camera_id))
+
+    def identity(self, camera_id: str) -> bytes | None:
+        """The camera's worker on the control socket. A worker says hello only when it starts, so one
+        that outlived a previous gateway process never does to this one: its identity is its slug
+        (WorkerBus), so it can be addressed all the same (a send to an absent worker just fails)."""
+        if camera_id in self.identities:
+            return self.identities[camera_id]
+        p = self.plans.get(camera_id)
+        return p.spec.slug.encode() if p is not None else None
 
     def controls_for(self, camera_id: str) -> dict[str, DisplayControl]:
         p = self.plans.get(camera_id)
@@ -221,8 +262,9 @@ class Gateway:
             update["progression_stage"] = stage
         self.display_controls[display_id] = current.model_copy(update=update)
         camera_id = displays_of(self.plans).get(display_id)
-        if camera_id is not None and camera_id in self.identities:
-            await self.bus.send_control(self.identities[camera_id], camera_id, self.controls_for(camera_id))
+        identity = self.identity(camera_id) if camera_id is not None else None
+        if camera_id is not None and identity is not None:
+            await self.bus.send_control(identity, camera_id, self.controls_for(camera_id))
 
     # -- supervisord state -------------------------------------------------------------------
     async def _reconcile_loop(self) -> None:

@@ -7,7 +7,9 @@ from detector_worker.config.spec import Crop, ModelRef, SourceSettings
 from . import protocol as p
 from .desired import BackendSubscription
 
-LEGACY_CROP_EDGE = 65_535  # older cropX/cropY give only the top-left: crop to the frame's own edges
+# Older cropX/cropY give only the top-left: crop to the frame's own edges. Beyond every offset the
+# protocol accepts (0 … MAX_CROP_COORD), so x1 < x2 always holds; the worker clips it to the frame.
+LEGACY_CROP_EDGE = p.MAX_CROP_COORD + 1
 
 
 def to_backend_subscription(sub: p.Subscription) -> BackendSubscription:

@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import ctypes
 import logging
 import logging.handlers
+import os
 import signal
 import sys
 from collections.abc import Sequence
@@ -89,6 +91,24 @@ async def _watch_cameras(path: Path | None, reload: asyncio.Event) -> None:
             reload.set()
 
 
+def end_with_supervisord() -> None:
+    """Under supervisord, get SIGTERM when it dies (PR_SET_PDEATHSIG).
+
+    A gateway orphaned by a kill -9 of supervisord would keep the bus and WebSocket ports: the
+    gateway of the restarted supervisord could never bind them (FATAL after its retries), and so
+    nothing would end the orphaned workers (`adopt_or_clean` runs when a gateway starts): every
+    camera would run twice. The orphaned workers themselves are left to that clean-up.
+    """
+    if not os.environ.get("SUPERVISOR_ENABLED") or not sys.platform.startswith("linux"):
+        return
+    parent = os.getppid()
+    pr_set_pdeathsig = 1
+    if ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGTERM, 0, 0, 0) != 0:
+        log.warning("cannot ask to end with supervisord: %s", os.strerror(ctypes.get_errno()))
+    elif os.getppid() != parent:  # it died before we asked
+        os.kill(os.getpid(), signal.SIGTERM)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="detector-gateway", description="Serve the backend's WebSocket protocol.")
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
@@ -102,6 +122,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"detector-gateway: {err}", file=sys.stderr)
         return 2
     setup_logging(settings)
+    end_with_supervisord()
     return asyncio.run(serve(settings))
 
 

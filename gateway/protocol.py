@@ -70,6 +70,7 @@ class ErrorCode(StrEnum):
     INVALID_MESSAGE = "invalid_message"  # a known type whose fields break a rule
     TOO_LARGE = "too_large"  # the message is over the size limit
     LIMIT_EXCEEDED = "limit_exceeded"  # valid, but over a gateway limit (raised by the gateway)
+    CONFLICT = "conflict"  # valid, but its camera is already watched through another source (the gateway)
     UNAUTHORIZED = "unauthorized"  # the connection is not allowed (raised by the gateway)
     INTERNAL = "internal"  # the gateway failed; not the backend's fault (raised by the gateway)
 

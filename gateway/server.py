@@ -74,6 +74,7 @@ class GatewayServer:
         self.backend: BackendLink | None = None
         self.subscriptions: dict[str, p.Subscription] = {}  # the backend's, by identifier
         self._cleanup: asyncio.Task[None] | None = None
+        self._forget_inherited: asyncio.Task[None] | None = None
         self._server: Server | None = None
         gateway.on_detection = self.relay_detection
         gateway.on_session_result = self.relay_session_result
@@ -84,6 +85,8 @@ class GatewayServer:
                                    process_request=self.process_request, max_size=self.settings.max_message_bytes,
                                    ping_interval=20, ping_timeout=20)
         log.info("gateway listening on %s:%d", self.settings.host, self.settings.port)
+        if self.gateway.inherited_subs:  # a previous gateway's backend: as if it had just disconnected
+            self._forget_inherited = asyncio.create_task(self._forget_inherited_later())
 
     @property
     def port(self) -> int:
@@ -91,8 +94,9 @@ class GatewayServer:
         return int(self._server.sockets[0].getsockname()[1])
 
     async def stop(self) -> None:
-        if self._cleanup is not None:
-            self._cleanup.cancel()
+        for task in (self._cleanup, self._forget_inherited):
+            if task is not None:
+                task.cancel()
         if self._server is not None:
             self._server.close()
             await self._server.wait_closed()
@@ -150,6 +154,14 @@ class GatewayServer:
             self.subscriptions.clear()
             self._sync_desired()
 
+    async def _forget_inherited_later(self) -> None:
+        await asyncio.sleep(self.settings.session_processes.process_cleanup_timeout)
+        if self.gateway.inherited_subs:
+            log.info("the backend did not declare %d subscription(s) of the previous gateway again: removing them",
+                     len(self.gateway.inherited_subs))
+            self.gateway.inherited_subs.clear()
+            self.gateway.mark_dirty()
+
     async def on_message(self, link: BackendLink, raw: str | bytes) -> None:
         try:
             msg = p.parse_incoming(raw, max_bytes=self.settings.max_message_bytes)
@@ -165,12 +177,14 @@ class GatewayServer:
     async def dispatch(self, link: BackendLink, msg: Any) -> None:
         if isinstance(msg, p.SetSubscriptionList):
             self.subscriptions = {s.subscription_identifier: s for s in msg.payload}
+            self.gateway.inherited_subs.clear()  # the backend's whole list: nothing else of its is wanted
             self._sync_desired(link)
         elif isinstance(msg, p.Subscribe):
             self.subscriptions[msg.payload.subscription_identifier] = msg.payload
             self._sync_desired(link)
         elif isinstance(msg, p.Unsubscribe):
             self.subscriptions.pop(msg.payload.subscription_identifier, None)
+            self.gateway.inherited_subs.pop(msg.payload.subscription_identifier, None)
             self._sync_desired(link)
         elif isinstance(msg, p.RequestState):
             link.send(self.state_report())
