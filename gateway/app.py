@@ -227,7 +227,9 @@ class Gateway:
     def controls_for(self, camera_id: str) -> dict[str, DisplayControl]:
         p = self.plans.get(camera_id)
         displays = [s.display_id for s in p.spec.subscriptions] if p else []
-        return {d: self.display_controls.get(d, DisplayControl()) for d in displays}
+        # only displays the backend has spoken about: after a gateway restart the workers keep the
+        # sessions they have, instead of being told "no session" for displays we know nothing of yet
+        return {d: self.display_controls[d] for d in displays if d in self.display_controls}
 
     def on_bus_message(self, msg: AnyWorkerMessage) -> None:
         self.metrics.bus_messages.labels(msg.type).inc()

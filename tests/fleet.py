@@ -133,7 +133,7 @@ stderr_logfile={base}/logs/camera_events.log
                 break
             time.sleep(0.1)
         # never leave a worker behind, whatever happened to supervisord
-        subprocess.run(["pkill", "-9", "-f", f"--spec {self.base}/run/specs/"], check=False)
+        subprocess.run(["pkill", "-9", "-f", "--", f"--spec {self.base}/run/specs/"], check=False)
 
     # -- the gateway ----------------------------------------------------------------------------
     def _http_up(self) -> bool:
