@@ -5,7 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 SUPERVISORCTL := $(VENV)/bin/supervisorctl -c conf/supervisord.conf
 
-.PHONY: help bootstrap run stop status reload demo test lint typecheck unit bench models clean
+.PHONY: help bootstrap run stop status reload demo test lint typecheck unit bench models fuzz clean
 
 help:
 	@echo "make run      start the fleet (supervisord + demo RTSP cameras), offline"
@@ -15,6 +15,7 @@ help:
 	@echo "make test     install what is missing, then ruff, mypy and the whole test suite"
 	@echo "make bench    print model accuracy and speed figures"
 	@echo "make models   retrain the stand-in models from generated data and repack the archive"
+	@echo "make fuzz     the hostile-input suite with many more fuzz cases (FUZZ_EXAMPLES=5000)"
 
 bootstrap:
 	@scripts/bootstrap.sh
@@ -45,11 +46,16 @@ unit: bootstrap
 
 test: lint typecheck unit
 
+# BENCH_ARGS=--quick for a < 3 min smoke run (bench/results/quick/); see bench/run.py
 bench: bootstrap
-	$(PY) scripts/bench_models.py
+	@eval "$$($(PY) scripts/test_services.py)" && $(PY) -m bench.run $(BENCH_ARGS)
 
 models: bootstrap
 	$(PY) scripts/train_models.py
+
+fuzz: bootstrap
+	@eval "$$($(PY) scripts/test_services.py)" && FUZZ_EXAMPLES=$${FUZZ_EXAMPLES:-5000} \
+		$(PY) -m pytest tests/hostile -q --basetemp=/tmp/hostile-fuzz-$$$$
 
 clean:
 	rm -rf build .pytest_cache .mypy_cache .ruff_cache

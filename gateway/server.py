@@ -123,11 +123,13 @@ class GatewayServer:
     # -- the backend -----------------------------------------------------------------------------
     async def handle(self, ws: ServerConnection) -> None:
         link = BackendLink(ws, self.gateway.metrics.backend_dropped.inc)
-        if self.backend is not None:
+        # Take over before awaiting anything: a connection arriving while the previous one is being
+        # closed must find this one as the backend (and close it), or both would stay open.
+        previous, self.backend = self.backend, link
+        if previous is not None:
             log.warning("a new backend connection takes over from the previous one")
             with contextlib.suppress(Exception):
-                await self.backend.ws.close(1012, "replaced by a new connection")
-        self.backend = link
+                await previous.ws.close(1012, "replaced by a new connection")
         if self._cleanup is not None:
             self._cleanup.cancel()
             self._cleanup = None
