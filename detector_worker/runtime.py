@@ -35,7 +35,10 @@ from .comms.messages import (
 )
 from .config.spec import WorkerSpec
 from .logs import CameraContext
+from .pipeline.archive import ArchiveError
 from .pipeline.engine import VehicleCycle
+from .pipeline.models import ModelLoadError
+from .pipeline.schema import PipelineConfigError
 from .pipeline.sessions import DisplaySession, Written
 from .pipelines import Pipelines, build_pipelines
 from .video.backoff import Backoff
@@ -44,7 +47,7 @@ from .video.sources import SourceSpec, make_source
 
 log = logging.getLogger("detector_worker")
 TICK_S = 0.1
-EXIT_OK, EXIT_MEMORY = 0, 3
+EXIT_OK, EXIT_CANNOT_START, EXIT_MEMORY = 0, 1, 3
 
 
 @dataclass
@@ -277,7 +280,12 @@ def run_worker(spec: WorkerSpec, reload_spec: object = None, log_context: Camera
     flags = Flags()
     _install_signals(flags)
     threading.current_thread().name = f"camera-{spec.slug}"
-    worker = Worker(spec, flags, reload_spec)
+    try:
+        worker = Worker(spec, flags, reload_spec)
+    except (ArchiveError, ModelLoadError, PipelineConfigError, ValueError) as err:
+        # one clear line instead of a traceback; supervisord retries (a model server may be back)
+        log.error("cannot start: %s", err)
+        return EXIT_CANNOT_START
     if log_context is not None:
         log_context.sessions = worker.sessions_text
     return worker.run()

@@ -153,8 +153,7 @@ class GatewayServer:
         await asyncio.sleep(self.settings.session_processes.process_cleanup_timeout)
         if self.backend is None and self.subscriptions:
             log.info("backend did not come back: removing its %d subscription(s)", len(self.subscriptions))
-            self.subscriptions.clear()
-            self._sync_desired()
+            self._sync_desired({})
 
     async def _forget_inherited_later(self) -> None:
         await asyncio.sleep(self.settings.session_processes.process_cleanup_timeout)
@@ -178,16 +177,16 @@ class GatewayServer:
 
     async def dispatch(self, link: BackendLink, msg: Any) -> None:
         if isinstance(msg, p.SetSubscriptionList):
-            self.subscriptions = {s.subscription_identifier: s for s in msg.payload}
+            wanted = {s.subscription_identifier: s for s in msg.payload}
+            self._sync_desired(wanted, link, msg.type, mentioned=set(wanted))
             self.gateway.inherited_subs.clear()  # the backend's whole list: nothing else of its is wanted
-            self._sync_desired(link)
         elif isinstance(msg, p.Subscribe):
-            self.subscriptions[msg.payload.subscription_identifier] = msg.payload
-            self._sync_desired(link)
+            key = msg.payload.subscription_identifier
+            self._sync_desired({**self.subscriptions, key: msg.payload}, link, msg.type, mentioned={key})
         elif isinstance(msg, p.Unsubscribe):
-            self.subscriptions.pop(msg.payload.subscription_identifier, None)
+            wanted = {k: v for k, v in self.subscriptions.items() if k != msg.payload.subscription_identifier}
             self.gateway.inherited_subs.pop(msg.payload.subscription_identifier, None)
-            self._sync_desired(link)
+            self._sync_desired(wanted, link, msg.type)
         elif isinstance(msg, p.RequestState):
             link.send(self.state_report())
         elif isinstance(msg, p.SetSessionId):
@@ -198,13 +197,19 @@ class GatewayServer:
         elif isinstance(msg, p.PatchSessionResult):
             log.info("patchSessionResult for session %s: %s", msg.payload.session_id, msg.payload.success)
 
-    def _sync_desired(self, link: BackendLink | None = None) -> None:
-        self.gateway.backend_subs = {k: to_backend_subscription(s) for k, s in self.subscriptions.items()}
+    def _sync_desired(self, wanted: dict[str, p.Subscription], link: BackendLink | None = None,
+                      request_type: str = "setSubscriptionList", mentioned: set[str] | None = None) -> None:
+        """Make `wanted` the backend's subscriptions. Converted first, so a failure leaves the previous
+        set in place; a refused subscription is reported to the message that named it."""
+        converted = {k: to_backend_subscription(s) for k, s in wanted.items()}
+        self.subscriptions, self.gateway.backend_subs = wanted, converted
         _, errors = self.gateway.compute_plan()
         for err in errors:
+            if err.subscription_identifier not in (mentioned or set()):
+                continue  # refused earlier, and reported to the message that named it
             self.gateway.metrics.backend_errors.labels(err.code).inc()
             if link is not None:
-                link.send(p.ProtocolError(err.code, str(err), "setSubscriptionList",
+                link.send(p.ProtocolError(err.code, str(err), request_type,
                                           subscription_identifier=err.subscription_identifier).to_message())
         self.gateway.mark_dirty()
 
