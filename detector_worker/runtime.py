@@ -97,6 +97,8 @@ class Worker:
         self.started = time.monotonic()
         self.online = False
         self.last_error: str | None = None
+        self._processed = self._fps_count = 0
+        self._fps_since = time.monotonic()
 
     def _build(self, spec: WorkerSpec) -> Pipelines:
         pipelines = build_pipelines(spec)
@@ -164,6 +166,7 @@ class Worker:
         return EXIT_OK
 
     def _process(self, image: object, seq: int, captured_at: float) -> None:
+        self._processed += 1
         for group in self.pipelines.groups:
             cycles = group.lane.process(image, captured_at)  # type: ignore[arg-type]
             log.debug("frame %d: %d track(s), %d new cycle(s), %.1f ms", seq, len(group.lane.tracker.tracks),
@@ -242,10 +245,20 @@ class Worker:
                 log.log(logging.INFO if online else logging.WARNING, "camera %s: %s",
                         "online" if online else "offline", why)
 
+    def _processed_fps(self) -> float:
+        """Frames the pipeline processed per second since the last status (the reader's own rate
+        stays at the camera's while an overloaded pipeline skips frames)."""
+        now = time.monotonic()
+        elapsed = now - self._fps_since
+        fps = (self._processed - self._fps_count) / elapsed if elapsed > 0 else 0.0
+        self._fps_since, self._fps_count = now, self._processed
+        return fps
+
     def _send_status(self) -> None:
         stats = self.reader.stats()
         inference = max((g.lane.stats.inference_ms for g in self.pipelines.groups), default=0.0)
-        self.bus.send(Status(camera=self.spec.camera_id, sent_at=time.time(), online=self.online, fps=stats.fps,
+        self.bus.send(Status(camera=self.spec.camera_id, sent_at=time.time(), online=self.online,
+                             fps=self._processed_fps() if self.online else 0.0,
                              inference_ms=inference, reconnects=stats.reconnects, stalls=stats.stalls,
                              dropped=self.bus.dropped, rss_mb=self.process.memory_info().rss / 2**20,
                              last_error=self.last_error))

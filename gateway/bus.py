@@ -20,6 +20,7 @@ from pydantic import ValidationError
 from detector_worker.comms.messages import AnyWorkerMessage, Control, DisplayControl, Reload, decode_from_worker, encode
 
 log = logging.getLogger("gateway.bus")
+YIELD_EVERY = 32
 Handler = Callable[[AnyWorkerMessage], Awaitable[None] | None]
 
 
@@ -56,8 +57,14 @@ class GatewayBus:
         self._ctx.term()
 
     async def _pull_loop(self) -> None:
+        received = 0
         while True:
             data = await self._pull.recv()
+            received += 1
+            if received % YIELD_EVERY == 0:
+                # a zmq.asyncio recv with a message ready returns without yielding: under a backlog this
+                # loop would starve the backend pump, HTTP and applies (measured by make bench)
+                await asyncio.sleep(0)
             try:
                 msg = decode_from_worker(data)
             except ValidationError as err:
