@@ -574,11 +574,12 @@ def test_a_source_conflict_is_reported_as_conflict_and_the_rest_is_applied(world
     assert SECRET not in json.dumps(replies) and "another-source" not in json.dumps(replies)
     world.subs = {s["subscriptionIdentifier"]: s for s in [*good, clash]}
     world.converge()
-    # and one `subscribe` that clashes with a running camera gets the same answer
+    # and one `subscribe` that clashes with a running camera gets the same answer, for itself only
+    # (the earlier refusal was reported to the message that named it)
     clash2 = pool_sub("display-yy", POOL[1]) | {"rtspUrl": f"rtsp://127.0.0.1:{DEAD_PORT}/third-source"}
     errors = errors_of(world.link.exchange(json.dumps({"type": "subscribe", "payload": clash2})))
-    assert {(e["code"], e["subscriptionIdentifier"]) for e in errors} == {
-        ("conflict", clash["subscriptionIdentifier"]), ("conflict", clash2["subscriptionIdentifier"])}
+    assert [(e["code"], e["subscriptionIdentifier"], e["requestType"]) for e in errors] == [
+        ("conflict", clash2["subscriptionIdentifier"], "subscribe")]
     world.subs[clash2["subscriptionIdentifier"]] = clash2
     world.converge()
     world.reset()
