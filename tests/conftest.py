@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -69,6 +70,13 @@ def redis_url() -> str:
 @pytest.fixture
 def database_url() -> Iterator[str]:
     """A DSN whose search_path is a fresh schema of the test PostgreSQL, dropped afterwards."""
+    with private_schema_url() as url:
+        yield url
+
+
+@contextlib.contextmanager
+def private_schema_url() -> Iterator[str]:
+    """A fresh schema of the test PostgreSQL (DATABASE_URL), as a DSN whose search_path is it."""
     import uuid
 
     import psycopg2

@@ -9,14 +9,13 @@ from __future__ import annotations
 import filecmp
 import os
 import shutil
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from detector_worker.synthetic.standin import ARCHIVE_NAME
-from tests.conftest import MODELS
+from tests.conftest import MODELS, private_schema_url
 from tests.rtsp import free_port
 
 MODEL_URL = (MODELS / ARCHIVE_NAME).as_uri()
@@ -55,21 +54,8 @@ def module_redis_url() -> str:
 @pytest.fixture(scope="module")
 def module_database_url() -> Iterator[str]:
     """A fresh schema of the test PostgreSQL for the module's fleet, dropped afterwards."""
-    import psycopg2
-
-    base = os.environ.get("DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
-    schema = f"test_{uuid.uuid4().hex[:12]}"
-    conn = psycopg2.connect(base)
-    conn.autocommit = True
-    with conn.cursor() as cur:
-        cur.execute(f"CREATE SCHEMA {schema}")
-    sep = "&" if "?" in base else "?"
-    try:
-        yield f"{base}{sep}options=-csearch_path%3D{schema}"
-    finally:
-        with conn.cursor() as cur:
-            cur.execute(f"DROP SCHEMA {schema} CASCADE")
-        conn.close()
+    with private_schema_url() as url:
+        yield url
 
 
 @pytest.fixture(scope="module")
