@@ -31,6 +31,7 @@ from datetime import UTC, datetime
 from pathlib import Path, PurePosixPath
 from typing import Any
 
+from ..urls import opener_for
 from .schema import PipelineConfig, PipelineConfigError, parse_pipeline
 
 PIPELINE_FILE = "pipeline.json"
@@ -66,17 +67,6 @@ def _cache_key(model_id: int | str | None, url: str) -> str:
     text = str(model_id)
     slug = re.sub(r"[^A-Za-z0-9_-]+", "_", text).strip("_-")[:48] or "model"
     return f"{slug}-{_sha256_text(text)[:10]}"
-
-
-def _split_credentials(url: str) -> tuple[str, str | None, str | None]:
-    """(url without user:password@, user, password), the two percent-decoded."""
-    parts = urllib.parse.urlsplit(url)
-    if "@" not in parts.netloc:
-        return url, None, None
-    userinfo, _, hostport = parts.netloc.rpartition("@")
-    user, _, password = userinfo.partition(":")
-    return (urllib.parse.urlunsplit(parts._replace(netloc=hostport)), urllib.parse.unquote(user),
-            urllib.parse.unquote(password))
 
 
 def _local_path(url: str) -> Path | None:
@@ -132,18 +122,11 @@ def _download(url: str, dest: Path, max_bytes: int, timeout_s: float, log: loggi
                         "stat": [st.st_size, st.st_mtime_ns]}
         except OSError as err:
             raise ArchiveError(f"{label}: cannot read: {err.strerror or err}") from err
-    # urllib does not understand user:password@ (it takes it for part of the host, and quotes it in
-    # errors): fetch the URL without it and answer the server's auth challenge with it instead.
-    clean, user, password = _split_credentials(url)
-    handlers: list[urllib.request.BaseHandler] = []
-    if user is not None:
-        passwords = urllib.request.HTTPPasswordMgrWithDefaultRealm()
-        passwords.add_password(None, clean, user, password or "")
-        handlers += [urllib.request.HTTPDigestAuthHandler(passwords), urllib.request.HTTPBasicAuthHandler(passwords)]
+    clean, opener = opener_for(url)  # user:password@ becomes HTTP auth, never part of the host
     request = urllib.request.Request(clean, headers={"User-Agent": "detector-worker"})
     try:
         # timeout_s bounds each connect/read, not the whole transfer (a big archive may take long)
-        with urllib.request.build_opener(*handlers).open(request, timeout=timeout_s) as resp:
+        with opener.open(request, timeout=timeout_s) as resp:
             length = resp.headers.get("Content-Length")
             total = int(length) if length and length.strip().isdigit() else None
             if total is not None and total > max_bytes:

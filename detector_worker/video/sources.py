@@ -25,6 +25,8 @@ import cv2
 import numpy as np
 from numpy.typing import NDArray
 
+from ..urls import opener_for
+
 log = logging.getLogger(__name__)
 
 # Without these, FFmpeg probes ~3 s of stream before the first frame and silently uses UDP.
@@ -140,17 +142,6 @@ class RtspSource:
         return mask_url(self._url)
 
 
-def _split_credentials(url: str) -> tuple[str, str | None, str | None]:
-    """(url without user:pass@, user, password); urllib cannot connect to a URL that has them."""
-    parts = urllib.parse.urlsplit(url)
-    if "@" not in parts.netloc:
-        return url, None, None
-    userinfo, _, hostport = parts.netloc.rpartition("@")
-    user, _, password = userinfo.partition(":")
-    clean = urllib.parse.urlunsplit(parts._replace(netloc=hostport))
-    return clean, urllib.parse.unquote(user), urllib.parse.unquote(password)
-
-
 class SnapshotSource:
     """An HTTP(S) camera polled for a JPEG every interval_ms; a bad status or body is a failure."""
 
@@ -158,15 +149,8 @@ class SnapshotSource:
         self._url = url
         self._interval_s = interval_ms / 1000.0
         self._timeout_s = timeout_s
-        self._clean_url, user, password = _split_credentials(url)
-        handlers: list[urllib.request.BaseHandler] = [urllib.request.ProxyHandler({})]  # LAN cameras: no proxy
-        if user is not None:
-            passwords = urllib.request.HTTPPasswordMgrWithDefaultRealm()
-            passwords.add_password(None, self._clean_url, user, password or "")
-            # Digest first: many IP cameras only accept Digest; it passes Basic challenges on.
-            handlers += [urllib.request.HTTPDigestAuthHandler(passwords),
-                         urllib.request.HTTPBasicAuthHandler(passwords)]
-        self._opener = urllib.request.build_opener(*handlers)
+        # LAN cameras: no proxy; user:password@ becomes HTTP auth (detector_worker.urls)
+        self._clean_url, self._opener = opener_for(url, urllib.request.ProxyHandler({}))
         self._interrupted = threading.Event()
         self._pending: BgrImage | None = None
         self._next_due = 0.0

@@ -1,0 +1,230 @@
+"""PNG plots of the bench results (matplotlib, Agg). Each function takes the results dict of its
+section and a path; missing sections are skipped by `plot_all`."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt
+
+COLOURS = ["#4C72B0", "#DD8452", "#55A868", "#C44E52", "#8172B3", "#937860", "#DA8BC3"]
+
+
+def _save(fig: Any, path: Path) -> Path:
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def throughput(res: dict[str, Any], path: Path) -> Path:
+    names = list(res["variants"])
+    fps = [res["variants"][n]["fps"] for n in names]
+    bare = res["variants"]["bare/ultralytics"]["fps"]
+    fig, ax = plt.subplots(figsize=(8, 3.6))
+    bars = ax.barh(names[::-1], fps[::-1], color=[COLOURS[i % len(COLOURS)] for i in range(len(names))][::-1])
+    for bar, value in zip(bars, fps[::-1], strict=True):
+        ax.text(bar.get_width(), bar.get_y() + bar.get_height() / 2, f" {value:.0f}/s ({value / bare:.2f}x bare)",
+                va="center", fontsize=8)
+    ax.set_xlabel("frames/s, one worker, one inference thread (higher is better)")
+    ax.set_xlim(0, max(fps) * 1.45)
+    ax.set_title(f"Per-worker throughput on {res['frames']} in-memory 640x480 frames")
+    return _save(fig, path)
+
+
+SEGMENTS = [("decode", "decode"), ("wait", "wait for the loop"), ("inference", "inference"),
+            ("post", "after inference"), ("bus", "bus"), ("gateway", "gateway → WS")]
+
+
+def latency(res: dict[str, Any], counts: list[int], path: Path) -> Path:
+    steps = [s for s in res["steps"] if s["cameras"] in counts]
+    fig, ax = plt.subplots(figsize=(8, 3.8))
+    labels = [f"{s['cameras']} cam" for s in steps]
+    left = [0.0] * len(steps)
+    for i, (key, label) in enumerate(SEGMENTS):
+        vals = []
+        for s in steps:
+            v = s["frame"]["decode"]["p50"] if key == "decode" else s["detections"][key]["p50"]
+            vals.append(0.0 if v is None or math.isnan(v) else v)
+        ax.barh(labels, vals, left=left, color=COLOURS[i], label=label)
+        left = [a + b for a, b in zip(left, vals, strict=True)]
+    for j, s in enumerate(steps):
+        p99 = s["detections"]["capture_to_ws"]["p99"]
+        if p99 == p99:
+            ax.plot([p99], [j], marker="|", color="black", markersize=18)
+            ax.text(p99, j + 0.3, f" p99 {p99:.0f}", fontsize=8, ha="left")
+    ax.axvline(400, color="red", linestyle="--", linewidth=1)
+    p99s = [s["detections"]["capture_to_ws"]["p99"] for s in steps]
+    ax.set_xlim(0, max([450.0, *(p * 1.15 for p in p99s if p == p)]))
+    ax.set_xlabel("ms from camera send to the backend's WebSocket (bars: p50 of each segment; |: total p99)")
+    ax.legend(fontsize=7, ncol=3, loc="lower right")
+    ax.set_title("End-to-end detection latency, max_fps 5")
+    return _save(fig, path)
+
+
+def fanin(res: dict[str, Any], path: Path) -> Path:
+    steps = [s for s in res["steps"] if s["offered"]]
+    offered = [s["offered"] for s in steps]
+    fig, ax = plt.subplots(figsize=(8, 3.8))
+    ax.plot(offered, [s["sent_per_s"] for s in steps], "o--", color="grey", label="sent")
+    ax.plot(offered, [s["delivered_per_s"] for s in steps], "o-", color=COLOURS[0], label="delivered to backend")
+    ax.set_xlabel("offered detections/s (20 simulated workers)")
+    ax.set_ylabel("messages/s")
+    ax2 = ax.twinx()
+    ax2.plot(offered, [s["cpu"]["gateway"] for s in steps], "s-", color=COLOURS[3], label="gateway CPU (cores)")
+    ax2.set_ylabel("gateway CPU, cores")
+    ax2.set_ylim(0, 1.2)
+    flood = [s for s in res["steps"] if not s["offered"]]
+    if flood:
+        f = flood[0]
+        ax.text(0.98, 0.04, f"unpaced flood: sent {f['sent_per_s']:.0f}/s,\ndelivered {f['delivered_per_s']:.0f}/s "
+                f"(gateway CPU {f['cpu']['gateway']:.2f})", transform=ax.transAxes, ha="right", va="bottom",
+                fontsize=8, bbox={"facecolor": "white", "alpha": 0.8, "edgecolor": "grey"})
+    lines = ax.get_legend_handles_labels()
+    lines2 = ax2.get_legend_handles_labels()
+    ax.legend(lines[0] + lines2[0], lines[1] + lines2[1], fontsize=8, loc="upper left")
+    ax.set_title("Gateway fan-in: bus → gateway → one WebSocket backend")
+    return _save(fig, path)
+
+
+def scaling(res: dict[str, Any], path: Path) -> Path:
+    steps = res["steps"]
+    n = [s["cameras"] for s in steps]
+    fig, axes = plt.subplots(1, 3, figsize=(13, 3.8))
+    ax = axes[0]
+    ax.fill_between(n, [s["fps"]["min"] for s in steps], [s["fps"]["max"] for s in steps], alpha=0.25,
+                    color=COLOURS[0], label="min–max")
+    ax.plot(n, [s["fps"]["median"] for s in steps], "o-", color=COLOURS[0], label="median")
+    ax.axhline(5, color="grey", linestyle=":", label="target 5")
+    ax.set_ylim(0, 5.8)
+    ax.set_xlabel("cameras")
+    ax.set_ylabel("processed frames/s per camera")
+    ax.legend(fontsize=8)
+    ax = axes[1]
+    ax.plot(n, [s["frame"]["capture_to_done"]["p99"] for s in steps], "o-", color=COLOURS[1],
+            label="every frame: capture → processed, p99")
+    ax.plot(n, [s["detections"]["capture_to_ws"]["p99"] for s in steps], "s-", color=COLOURS[3],
+            label="detections: capture → WS, p99")
+    ax.plot(n, [s["frame"]["capture_to_done"]["p50"] for s in steps], "o:", color=COLOURS[1], label="frame p50")
+    ax.axhline(res["budget_ms"], color="red", linestyle="--", linewidth=1, label="2 frame intervals")
+    ax.set_xlabel("cameras")
+    ax.set_ylabel("ms")
+    ax.legend(fontsize=7)
+    ax = axes[2]
+    keys = [("workers", "workers"), ("gateway", "gateway"), ("supervisord+listener", "supervisord"),
+            ("rtsp_server", "RTSP server (test cameras)"), ("probe", "probe"), ("bench_client", "bench client"),
+            ("others", "other users")]
+    bottom = [0.0] * len(steps)
+    for i, (k, label) in enumerate(keys):
+        vals = [s["cpu"].get(k, 0.0) for s in steps]
+        ax.bar([str(x) for x in n], vals, bottom=bottom, color=COLOURS[i % len(COLOURS)], label=label)
+        bottom = [a + b for a, b in zip(bottom, vals, strict=True)]
+    ax.axhline(2, color="black", linewidth=1)
+    ax.set_xlabel("cameras")
+    ax.set_ylabel("CPU cores (machine has 2)")
+    ax.legend(fontsize=6)
+    fig.suptitle("Cameras at max_fps 5 on this machine")
+    return _save(fig, path)
+
+
+def memory(mem: dict[str, Any], scale: dict[str, Any] | None, path: Path) -> Path:
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.6))
+    ax = axes[0]
+    labels = ["ONNX Runtime", "Ultralytics/torch"]
+    rss = [mem.get("onnx", {}).get("rss") or 0, mem.get("ultralytics", {}).get("rss") or 0]
+    pss = [mem.get("onnx", {}).get("pss") or 0, mem.get("ultralytics", {}).get("pss") or 0]
+    x = range(2)
+    ax.bar([i - 0.2 for i in x], rss, width=0.4, label="RSS", color=COLOURS[0])
+    ax.bar([i + 0.2 for i in x], pss, width=0.4, label="PSS", color=COLOURS[1])
+    ax.set_xticks(list(x), labels)
+    ax.set_ylabel("MB")
+    ax.set_title("One worker (same footage, max_fps 5)")
+    ax.legend(fontsize=8)
+    ax = axes[1]
+    if scale:
+        steps = scale["steps"]
+        ax.plot([s["cameras"] for s in steps], [sum(m.get("pss", 0) for m in s["memory"].values()) for s in steps],
+                "o-", color=COLOURS[1], label="workers' total PSS")
+        ax.plot([s["cameras"] for s in steps], [sum(m.get("rss", 0) for m in s["memory"].values()) for s in steps],
+                "o--", color=COLOURS[0], label="workers' total RSS")
+        ax.set_xlabel("ONNX-path workers")
+        ax.set_ylabel("MB")
+        ax.legend(fontsize=8)
+        ax.set_title("Live fleet")
+    return _save(fig, path)
+
+
+def startup(res: dict[str, Any], path: Path) -> Path:
+    import statistics
+
+    keys = [("exec_s", "gateway + supervisord → worker process"), ("ready_s", "imports + model load"),
+            ("first_frame_s", "RTSP open + first frame"), ("det_captured_s", "vehicle stability (pipeline rule)"),
+            ("ws_s", "inference + bus + gateway")]
+    fig, ax = plt.subplots(figsize=(8, 3.2))
+    labels = []
+    for j, (event, title) in enumerate((("subscribe", "subscribe"), ("kill", "kill -9"))):
+        ss = [s for s in res["samples"] if s["event"] == event and "ws_s" in s]
+        if not ss:
+            continue
+        labels.append(title)
+        prev = 0.0
+        for i, (k, label) in enumerate(keys):
+            vals = [s[k] for s in ss if s.get(k) is not None]
+            v = statistics.median(vals) if vals else prev
+            ax.barh([title], [max(0.0, v - prev)], left=[prev], color=COLOURS[i], label=label if j == 0 else None)
+            prev = max(prev, v)
+    ax.set_xlabel("seconds (medians of the samples)")
+    if labels:
+        ax.legend(fontsize=7, ncol=3, loc="upper center", bbox_to_anchor=(0.5, -0.28))
+    ax.set_title("Time to the first detection")
+    return _save(fig, path)
+
+
+def control(res: dict[str, Any], path: Path) -> Path:
+    import statistics
+
+    rows = res["rows"]
+    keys = [("add", "applied", "add: applied"), ("add", "spawned", "add: spawned"),
+            ("add", "hello", "add: worker hello"), ("remove", "applied", "remove: applied")]
+    fig, ax = plt.subplots(figsize=(8, 3.6))
+    width = 0.8 / len(keys)
+    for i, (phase, key, label) in enumerate(keys):
+        vals = []
+        for r in rows:
+            v = [c[phase][key] for c in r["changes"] if c[phase][key] is not None]
+            vals.append(statistics.median(v) * 1000 if v else 0)
+        ax.bar([j + (i - 1.5) * width for j in range(len(rows))], vals, width=width, color=COLOURS[i], label=label)
+    ax.set_xticks(range(len(rows)), [f"{r['cameras']} cameras\n({r['workers']})" for r in rows], fontsize=7)
+    ax.set_ylabel("ms after the backend's message (median)")
+    ax.legend(fontsize=8)
+    ax.set_title("One subscription change")
+    return _save(fig, path)
+
+
+def plot_all(results: dict[str, Any], out: Path) -> dict[str, str]:
+    made: dict[str, str] = {}
+    jobs = [
+        ("throughput", lambda p: throughput(results["throughput"], p), "throughput" in results),
+        ("latency", lambda p: latency(results["fleet"]["scaling"], results["latency_counts"], p),
+         "fleet" in results),
+        ("fanin", lambda p: fanin(results["fanin"], p), "fanin" in results),
+        ("scaling", lambda p: scaling(results["fleet"]["scaling"], p), "fleet" in results),
+        ("memory", lambda p: memory(results["fleet"]["memory"], results["fleet"].get("scaling"), p),
+         "fleet" in results and "memory" in results["fleet"]),
+        ("startup", lambda p: startup(results["fleet"]["startup"], p), "fleet" in results),
+        ("control", lambda p: control(results["control"], p), "control" in results),
+    ]
+    for name, fn, present in jobs:
+        if not present:
+            continue
+        try:
+            fn(out / f"{name}.png")
+            made[name] = f"{name}.png"
+        except Exception as err:  # a plot must never cost the figures
+            print(f"plot {name} failed: {err}", flush=True)
+    return made
