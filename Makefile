@@ -36,7 +36,7 @@ status:
 	@$(SUPERVISORCTL) status
 
 lint: bootstrap
-	$(VENV)/bin/ruff check detector_worker gateway scripts tests
+	$(VENV)/bin/ruff check detector_worker gateway scripts tests bench
 
 typecheck: bootstrap
 	$(VENV)/bin/mypy
