@@ -31,18 +31,22 @@ class GatewayBus:
         self._pull = self._ctx.socket(zmq.PULL)
         self._pull.setsockopt(zmq.RCVHWM, 100_000)
         self._pull.setsockopt(zmq.LINGER, 0)
-        self._pull.bind(pull_endpoint)
         self._router = self._ctx.socket(zmq.ROUTER)
         self._router.setsockopt(zmq.ROUTER_MANDATORY, 1)  # a send to an absent worker fails loudly
         self._router.setsockopt(zmq.ROUTER_HANDOVER, 1)  # a restarted worker takes over its identity
         self._router.setsockopt(zmq.LINGER, 0)
-        self._router.bind(control_endpoint)
+        self._endpoints = (pull_endpoint, control_endpoint)
         self._on_message = on_message
         self._on_invalid = on_invalid or (lambda: None)
         self._tasks: list[asyncio.Task[None]] = []
         self.hello: Callable[[str, bytes], Awaitable[None]] | None = None  # set by the app
 
     def start(self) -> None:
+        """Bind and serve. Called only after orphaned workers of an earlier run are gone: bound
+        earlier, an orphan could connect with its camera's identity and take it over (ROUTER
+        handover) from the camera's new worker, and then die with it, cutting that worker off."""
+        self._pull.bind(self._endpoints[0])
+        self._router.bind(self._endpoints[1])
         self._tasks = [asyncio.create_task(self._pull_loop(), name="bus-pull"),
                        asyncio.create_task(self._control_loop(), name="bus-control")]
 
