@@ -17,7 +17,7 @@ import socket
 import subprocess
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from types import TracebackType
 
@@ -235,3 +235,19 @@ class PostgresServer:
                 os.kill(int(pid_file.read_text().split()[0]), signal.SIGKILL)
             self.running = False
         shutil.rmtree(self.base, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def postgres_template(prefix: str) -> Iterator[PostgresTemplate]:
+    """initdb once into a private dir (removed afterwards); skips the test where PostgreSQL can't run."""
+    import pytest
+
+    root = make_private_dir(prefix)
+    try:
+        try:
+            template = PostgresTemplate(root)
+        except ServerUnavailable as err:
+            pytest.skip(f"no private PostgreSQL: {err}")
+        yield template
+    finally:
+        remove_private_dir(root)

@@ -264,17 +264,10 @@ def test_camera_outage_and_hang_take_only_that_camera_offline(
 
 @pytest.fixture(scope="session")
 def pg_template(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PostgresTemplate]:
-    from tests.servers import ServerUnavailable, make_private_dir, remove_private_dir
+    from tests.servers import postgres_template
 
-    root = make_private_dir("faults-pg-")
-    try:
-        try:
-            template = PostgresTemplate(root)
-        except ServerUnavailable as err:
-            pytest.skip(f"no private PostgreSQL: {err}")
+    with postgres_template("faults-pg-") as template:
         yield template
-    finally:
-        remove_private_dir(root)
 
 
 def test_redis_and_postgresql_restarts_lose_no_completed_session(

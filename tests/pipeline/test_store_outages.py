@@ -29,8 +29,7 @@ from tests.servers import (
     PostgresTemplate,
     RedisServer,
     ServerUnavailable,
-    make_private_dir,
-    remove_private_dir,
+    postgres_template,
 )
 
 LOG = logging.getLogger("test.store_outages")
@@ -44,15 +43,8 @@ OUTAGE_S = 2.0
 @pytest.fixture(scope="session")
 def pg_template() -> Iterator[PostgresTemplate]:
     """initdb once per test session; every test gets its own copy of it (tests/servers.py)."""
-    root = make_private_dir("store-outages-pg-")
-    try:
-        try:
-            template = PostgresTemplate(root)
-        except ServerUnavailable as err:
-            pytest.skip(f"no private PostgreSQL: {err}")
+    with postgres_template("store-outages-pg-") as template:
         yield template
-    finally:
-        remove_private_dir(root)
 
 
 @pytest.fixture
