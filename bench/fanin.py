@@ -4,7 +4,7 @@ The gateway is the real one (`python -m gateway.cli`, no tap), started directly 
 behind it: its supervisord calls fail and are retried, which does not touch the bus path, and no
 camera worker competes for the CPU. The backend subscribes N cameras (so the gateway relays their
 detections); N sender processes each open the real worker-side bus (`WorkerBus`: a ZeroMQ PUSH
-socket with the worker's options) and send `Detection` messages encoded by the shared message
+socket with the worker's options) and send `DisplayDetection` messages encoded by the shared message
 module (encoded once; per message only the times and track id are substituted, so the senders stay
 cheap) at a paced rate, all following one schedule of offered rates. `captured_at` = `sent_at` = the send
 time, so the backend's `imageDetection.timestamp` gives each message's latency through bus and
@@ -43,7 +43,7 @@ def sender(camera: str, push: str, control: str, schedule: list[list[float]], ou
     import zmq
 
     from detector_worker.comms.bus import WorkerBus
-    from detector_worker.comms.messages import Detection, VehicleResult, decode_from_worker, encode
+    from detector_worker.comms.messages import DisplayDetection, VehicleResult, decode_from_worker, encode
 
     bus = WorkerBus(camera, camera, push, control)
     vehicle = VehicleResult(car_box=(100.0, 120.0, 420.0, 400.0), frontal_box=(130.0, 260.0, 400.0, 380.0),
@@ -52,10 +52,11 @@ def sender(camera: str, push: str, control: str, schedule: list[list[float]], ou
     # Encoded once by the message module; per message only the times and the track id change (building
     # and validating a pydantic model per message would make the senders, not the gateway, the limit).
     marks = (1111111111.5, 2222222222.5, 333333333)
-    template = encode(Detection(camera=camera, sent_at=marks[0], subscription_identifier=f"display-{camera};{camera}",
-                                display_id=f"display-{camera}", session_id=None, track_id=marks[2],
-                                model_id="standin-bench", model_name="stand-in", captured_at=marks[1], decode_ms=0.0,
-                                inference_ms=10.0, vehicle=vehicle))
+    template = encode(DisplayDetection(camera=camera, sent_at=marks[0],
+                                       subscription_identifier=f"display-{camera};{camera}",
+                                       display_id=f"display-{camera}", session_id=None, track_id=marks[2],
+                                       model_id="standin-bench", model_name="stand-in", captured_at=marks[1],
+                                       inference_ms=10.0, vehicle=vehicle))
     head, rest = template.split(repr(marks[0]).encode())
     mid, rest = rest.split(str(marks[2]).encode())
     mid2, tail = rest.split(repr(marks[1]).encode())
@@ -181,7 +182,8 @@ def fanin(work_root: Path, quick: bool) -> dict[str, Any]:
         "host": "127.0.0.1", "port": port, "project_dir": str(ROOT), "python": PYTHON,
         "supervisor_socket": str(work / "no-supervisord.sock"), "programs_dir": str(work / "programs"),
         "specs_dir": str(work / "specs"), "log_dir": str(work / "logs"), "model_cache_dir": str(work / "models"),
-        "cameras_file": None, "bus": {"pull": f"tcp://127.0.0.1:{pull}", "control": f"tcp://127.0.0.1:{control}"},
+        "cameras_file": None,
+        "bus": {"push_endpoint": f"tcp://127.0.0.1:{pull}", "control_endpoint": f"tcp://127.0.0.1:{control}"},
         "session_processes": {"max_concurrent_sessions": 1000, "health_check_interval": 10},
     }
     (work / "gateway.yaml").write_text(yaml.safe_dump(settings))

@@ -25,8 +25,8 @@ def main() -> int:
     log = TapLog(Path(os.environ["BENCH_TAP_DIR"]) / "gateway.jsonl")
 
     import gateway.bus as gbus
-    from gateway.app import Gateway
-    from gateway.server import GatewayServer
+    from gateway import commands
+    from gateway.core import Gateway
     from gateway.supervisor.bridge import SupervisorBridge
 
     decode = gbus.decode_from_worker
@@ -45,18 +45,18 @@ def main() -> int:
 
     gbus.decode_from_worker = tapped_decode
 
-    relay = GatewayServer.relay_detection
+    relay = Gateway._relay_detection
 
-    def tapped_relay(self, det):  # type: ignore[no-untyped-def]
-        relay(self, det)
+    def tapped_relay(self, state, det):  # type: ignore[no-untyped-def]
+        relay(self, state, det)
         log.add("relay", det.camera, det.track_id, time.time())
 
-    dispatch = GatewayServer.dispatch
+    handle = commands.handle
 
-    async def tapped_dispatch(self, link, msg):  # type: ignore[no-untyped-def]
-        payload = getattr(msg, "payload", None)
-        log.add("cmd", type(msg).__name__, len(payload) if isinstance(payload, list) else None, time.time())
-        await dispatch(self, link, msg)
+    async def tapped_handle(gateway, msg):  # type: ignore[no-untyped-def]
+        items = getattr(msg, "subscriptions", None)
+        log.add("cmd", type(msg).__name__, len(items) if isinstance(items, tuple) else None, time.time())
+        return await handle(gateway, msg)
 
     apply = Gateway.apply
 
@@ -75,8 +75,8 @@ def main() -> int:
         log.add("bridge", t0, time.time(), report.added, report.removed, report.replaced, len(report.errors))
         return report
 
-    GatewayServer.relay_detection = tapped_relay  # type: ignore[method-assign]
-    GatewayServer.dispatch = tapped_dispatch  # type: ignore[method-assign]
+    Gateway._relay_detection = tapped_relay  # type: ignore[method-assign]
+    commands.handle = tapped_handle
     Gateway.apply = tapped_apply  # type: ignore[method-assign]
     SupervisorBridge.apply = tapped_bridge  # type: ignore[method-assign]
 

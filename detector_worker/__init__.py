@@ -1,3 +1,8 @@
 """Per-camera detection worker: one OS process per camera, from RTSP to ZeroMQ."""
 
-__version__ = "0.1.0"
+from importlib.metadata import PackageNotFoundError, version
+
+try:
+    __version__ = version("camera-detection-fleet")  # one version: pyproject.toml's, as installed
+except PackageNotFoundError:  # run from a source tree that was never installed
+    __version__ = "0+unknown"

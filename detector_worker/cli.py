@@ -4,7 +4,11 @@
     detector-worker --cameras cameras.yaml --camera cam-001  # a hand-run camera
 
 Credentials live in the spec file, never on the command line. A spec that can't be used exits
-with code 2 and one line saying which file and which field.
+with code 78 (EX_CONFIG) and one line on stderr saying which file and which field.
+
+Exit codes (docs/operations.md, "Exit codes"): 0 stopped by SIGTERM/SIGINT; 1 cannot start (the
+model archive or a model can't be fetched, read or loaded; logged in one line); 2 a usage error
+(argparse); 3 over the memory ceiling (`resource_limits.memory_per_process_mb`); 78 a bad spec.
 """
 
 from __future__ import annotations
@@ -19,7 +23,7 @@ from . import __version__
 from .config.cameras_file import load_cameras_file
 from .config.spec import BusSettings, SpecError, WorkerSpec, load_spec
 
-EXIT_BAD_SPEC = 2
+EXIT_BAD_SPEC = 78  # EX_CONFIG (sysexits.h); 2 stays argparse's usage error
 
 
 def _spec_loader(args: argparse.Namespace) -> Callable[[], WorkerSpec]:

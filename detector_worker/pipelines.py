@@ -9,12 +9,12 @@ from __future__ import annotations
 
 import logging
 import os
-import subprocess
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from .config.spec import Subscription, WorkerSpec
+from .gpu import gpu_memory_total_bytes
 from .pipeline.actions import ActionRunner
 from .pipeline.archive import open_archive
 from .pipeline.engine import Lane, PipelineInstance
@@ -38,10 +38,19 @@ class Pipelines:
     instances: list[PipelineInstance]
     writers: list[StoreWriter[object, object]]
     groups: list[LaneGroup]
+    closed: bool = False
 
     @property
     def displays(self) -> dict[str, DisplaySession]:
         return {d.display_id: d for g in self.groups for d in g.displays}
+
+    def store_counts(self) -> tuple[int, int]:
+        """(writes waiting, writes given up: rejected, dropped, or left unapplied by a close) of all stores."""
+        stats = [w.stats() for w in self.writers]
+        failed = sum(s.rejected + s.dropped for s in stats)
+        if self.closed:
+            return 0, failed + sum(s.pending for s in stats)
+        return sum(s.pending for s in stats), failed
 
     def close(self, flush_s: float = 1.0) -> None:
         deadline = time.monotonic() + flush_s  # one budget for all stores, not one each
@@ -49,6 +58,7 @@ class Pipelines:
             writer.close(max(0.05, deadline - time.monotonic()))
         for instance in self.instances:
             instance.close()
+        self.closed = True
 
 
 def prepare_onnx(model_dir: Path) -> None:
@@ -92,7 +102,7 @@ def build_pipelines(spec: WorkerSpec) -> Pipelines:
                                                      logging.getLogger("detector_worker.actions")))
             log.info("pipeline %s loaded from %s (%s backend)", config.pipeline.model_id, model_dir.name, backend)
         instance, actions = instances[key]
-        crop = (sub.crop.x1, sub.crop.y1, sub.crop.x2, sub.crop.y2) if sub.crop else None
+        crop = sub.crop.box if sub.crop else None
         group = groups.get((key, crop))
         if group is None:
             group = groups[(key, crop)] = LaneGroup(Lane(instance, crop))
@@ -104,23 +114,13 @@ def _device(spec: WorkerSpec) -> tuple[list[str] | None, int | None]:
     """ONNX Runtime providers and this process's GPU memory share (resource_limits.gpu_memory_fraction)."""
     if spec.inference.device != "cuda":
         return None, None
-    total = _gpu_memory_bytes()
+    total = gpu_memory_total_bytes()
     limit = int(total * spec.resource_limits.gpu_memory_fraction) if total else None
     return ["CUDAExecutionProvider", "CPUExecutionProvider"], limit
 
 
-def _gpu_memory_bytes() -> int | None:
-    """Total memory of GPU 0 from nvidia-smi; None where there is no NVIDIA GPU."""
-    try:
-        out = subprocess.run(["nvidia-smi", "--query-gpu=memory.total", "--format=csv,noheader,nounits", "-i", "0"],
-                             capture_output=True, text=True, timeout=5, check=True).stdout
-        return int(out.strip().splitlines()[0]) * 2**20
-    except (OSError, subprocess.SubprocessError, ValueError, IndexError):
-        return None
-
-
 def _display(spec: WorkerSpec, sub: Subscription, instance: PipelineInstance, actions: ActionRunner) -> DisplaySession:
-    model_id = str(sub.model.id) if sub.model.id is not None else instance.root.model_id
+    model_id = sub.model.id if sub.model.id is not None else instance.root.model_id  # its type as sent
     return DisplaySession(spec.camera_id, sub.display_id, sub.subscription_identifier, model_id,
                           sub.model.name or instance.root.model_id, actions,
                           logging.getLogger("detector_worker.sessions"))

@@ -15,6 +15,7 @@ import queue
 import signal
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from types import FrameType
 
@@ -25,7 +26,7 @@ import psutil
 from .comms.bus import WorkerBus
 from .comms.messages import (
     Control,
-    Detection,
+    DisplayDetection,
     Heartbeat,
     Reload,
     SessionResult,
@@ -72,8 +73,7 @@ def vehicle_result(cycle: VehicleCycle) -> VehicleResult:
     det = cycle.detections
     car, front = det.get("Car"), det.get("Frontal")
     fields = {f"{m}.{k}": v for m, values in cycle.field_values().items() for k, v in values.items()}
-    brand = next((b for b in cycle.branches.values() if "brand" in b.fields), None)
-    body = next((b for b in cycle.branches.values() if "body_type" in b.fields), None)
+    brand, body = cycle.with_role("brand"), cycle.with_role("body_type")
     return VehicleResult(
         car_box=car.box if car else None, frontal_box=front.box if front else None,
         confidence=det[cycle.vehicle_class].confidence,
@@ -82,17 +82,38 @@ def vehicle_result(cycle: VehicleCycle) -> VehicleResult:
         fields=fields)
 
 
+def _reader_settings(spec: WorkerSpec) -> tuple[object, ...]:
+    """What the frame reader is made from: a change to any of it means a new reader."""
+    return spec.source, spec.max_fps, spec.stall_timeout_s, spec.backoff
+
+
+def _pipeline_settings(spec: WorkerSpec) -> tuple[object, ...]:
+    """What the pipelines are made from: a change to any of it means rebuilding them (a subscription's
+    own `source` is not: the worker reads `spec.source`)."""
+    subscriptions = [(s.subscription_identifier, s.model, s.crop) for s in spec.subscriptions]
+    return subscriptions, spec.inference, spec.resource_limits, spec.stores, spec.model_cache_dir
+
+
+def _restart_settings(spec: WorkerSpec) -> tuple[object, ...]:
+    """What only a restart applies (the bus intervals and the log level apply at once)."""
+    return (spec.bus.push_endpoint, spec.bus.control_endpoint, spec.bus.send_hwm, spec.log.directory,
+            spec.log.max_mb, spec.log.backups)
+
+
 class Worker:
-    def __init__(self, spec: WorkerSpec, flags: Flags, reload_spec: object = None) -> None:
+    def __init__(self, spec: WorkerSpec, flags: Flags, reload_spec: Callable[[], WorkerSpec] | None = None) -> None:
         self.spec = spec
         self.flags = flags
-        self._reload_spec = reload_spec  # callable returning a fresh WorkerSpec, for SIGHUP/reload
+        self._reload_spec = reload_spec  # returns a fresh WorkerSpec, for SIGHUP/reload
         self.bus = WorkerBus(spec.camera_id, spec.slug, spec.bus.push_endpoint, spec.bus.control_endpoint,
                              send_hwm=spec.bus.send_hwm, log=logging.getLogger("detector_worker.bus"))
         self.status_events: queue.SimpleQueue[tuple[bool, str]] = queue.SimpleQueue()
         self.pipelines: Pipelines = self._build(spec)
-        self.control_state: dict[str, tuple[str | None, str | None]] = {}
+        self.control_state: dict[str, tuple[int | str | None, str | None]] = {}
         self.reader = self._start_reader()
+        self._last_seq: int | None = None  # the current reader's last frame taken
+        self._past_reconnects = self._past_stalls = 0  # of readers replaced by a reload
+        self._past_store_failed = 0  # of pipelines replaced by a reload
         self.process = psutil.Process()
         self.started = time.monotonic()
         self.online = False
@@ -125,14 +146,13 @@ class Worker:
 
     def sessions_text(self) -> str:
         displays = self.pipelines.displays
-        return ",".join(f"{d}={s.session_id or '-'}" for d, s in displays.items()) or "-"
+        return ",".join(f"{d}={'-' if s.session_id is None else s.session_id}" for d, s in displays.items()) or "-"
 
     # -- the loop ---------------------------------------------------------------------------
     def run(self) -> int:
         log.info("worker started (pid %d): %d subscription(s), source %s", os.getpid(),
                  len(self.spec.subscriptions), self.source_description)
         next_hello = next_beat = next_status = next_snapshot = 0.0
-        last_seq: int | None = None
         try:
             while not self.flags.stop:
                 now = time.monotonic()
@@ -154,9 +174,9 @@ class Worker:
                     next_status = now + self.spec.bus.status_interval_s
                     if self._over_memory():
                         return EXIT_MEMORY
-                frame = self.reader.latest(after_seq=last_seq, timeout=TICK_S)
+                frame = self.reader.latest(after_seq=self._last_seq, timeout=TICK_S)
                 if frame is not None:
-                    last_seq = frame.seq
+                    self._last_seq = frame.seq
                     self._process(frame.image, frame.seq, frame.captured_at)
                     if now >= next_snapshot:
                         self._send_snapshot(frame.image, frame.captured_at)
@@ -189,11 +209,11 @@ class Worker:
 
     def _send_detection(self, display: DisplaySession, cycle: VehicleCycle, result: VehicleResult) -> None:
         written = display.written[-1] if display.written and display.written[-1].track_id == cycle.track_id else None
-        self.bus.send(Detection(
+        self.bus.send(DisplayDetection(
             camera=self.spec.camera_id, sent_at=time.time(), subscription_identifier=display.subscription_id,
             display_id=display.display_id, session_id=written.session_id if written else None,
             track_id=cycle.track_id, model_id=display.model_id, model_name=display.model_name,
-            captured_at=cycle.captured_at, decode_ms=0.0, inference_ms=cycle.inference_ms, vehicle=result,
+            captured_at=cycle.captured_at, inference_ms=cycle.inference_ms, vehicle=result,
             image_key=written.image_key if written else None))
         log.info("detection: display %s vehicle %d %s %s", display.display_id, cycle.track_id, result.brand,
                  result.body_type)
@@ -212,23 +232,46 @@ class Worker:
             display.set_session(state.session_id)
 
     def _reload(self) -> None:
+        """Apply a fresh spec: a new reader if the source settings changed, new pipelines if the
+        subscriptions (or what models run with) changed; the process (and its pid) stays."""
         if self._reload_spec is None:
             return
         try:
-            spec = self._reload_spec()  # type: ignore[operator]
+            spec = self._reload_spec()
+            if spec.camera_id != self.spec.camera_id:
+                raise ValueError(f"the spec is now of camera {spec.camera_id!r}, not {self.spec.camera_id!r}")
+            pipelines = self._build(spec) if _pipeline_settings(spec) != _pipeline_settings(self.spec) else None
         except Exception as err:
             log.error("reload refused, keeping the running configuration: %s", err)
             return
-        log.info("reloading: %d subscription(s)", len(spec.subscriptions))
-        old = self.pipelines
-        self.spec = spec
-        self.pipelines = self._build(spec)
-        old.close()
-        for display_id, (session_id, stage) in self.control_state.items():
-            display = self.pipelines.displays.get(display_id)
-            if display is not None:
-                display.set_stage(stage)
-                display.set_session(session_id)
+        old_spec, self.spec = self.spec, spec
+        log.info("reloading: %d subscription(s)%s%s", len(spec.subscriptions),
+                 ", new pipelines" if pipelines is not None else "",
+                 ", new source settings" if _reader_settings(spec) != _reader_settings(old_spec) else "")
+        if spec.log.level != old_spec.log.level:
+            logging.getLogger().setLevel(spec.log.level)
+        if _restart_settings(spec) != _restart_settings(old_spec):
+            log.warning("bus endpoints and log file settings take effect at the next restart of this camera")
+        if _reader_settings(spec) != _reader_settings(old_spec):
+            self._restart_reader()
+        if pipelines is not None:
+            old, self.pipelines = self.pipelines, pipelines
+            old.close(flush_s=0.5)
+            self._past_store_failed += old.store_counts()[1]
+            for display_id, (session_id, stage) in self.control_state.items():
+                display = self.pipelines.displays.get(display_id)
+                if display is not None:
+                    display.set_stage(stage)
+                    display.set_session(session_id)
+
+    def _restart_reader(self) -> None:
+        old = self.reader.stats()
+        self.reader.stop(timeout=0.3)  # a thread stuck in OpenCV is left to its read timeout (daemon)
+        self._past_reconnects += old.reconnects
+        self._past_stalls += old.stalls
+        self.reader = self._start_reader()
+        self._last_seq = None
+        log.info("reading from %s", self.source_description)
 
     def _drain_status(self) -> bool:
         changed = False
@@ -237,7 +280,9 @@ class Worker:
                 online, why = self.status_events.get_nowait()
             except queue.Empty:
                 return changed
-            if online != self.online:
+            # A camera that never came online still has a reason to show (its first failure).
+            first_failure = not online and self.last_error is None
+            if online != self.online or first_failure:
                 changed = True
                 self.online = online
                 if not online:
@@ -257,11 +302,14 @@ class Worker:
     def _send_status(self) -> None:
         stats = self.reader.stats()
         inference = max((g.lane.stats.inference_ms for g in self.pipelines.groups), default=0.0)
+        store_pending, store_failed = self.pipelines.store_counts()
         self.bus.send(Status(camera=self.spec.camera_id, sent_at=time.time(), online=self.online,
                              fps=self._processed_fps() if self.online else 0.0,
-                             inference_ms=inference, reconnects=stats.reconnects, stalls=stats.stalls,
+                             inference_ms=inference, reconnects=self._past_reconnects + stats.reconnects,
+                             stalls=self._past_stalls + stats.stalls,
                              dropped=self.bus.dropped, rss_mb=self.process.memory_info().rss / 2**20,
-                             last_error=self.last_error))
+                             last_error=self.last_error, frames_processed=self._processed,
+                             store_pending=store_pending, store_failed=self._past_store_failed + store_failed))
 
     def _over_memory(self) -> bool:
         rss_mb = self.process.memory_info().rss / 2**20
@@ -289,7 +337,8 @@ class Worker:
             self._send_status()
 
 
-def run_worker(spec: WorkerSpec, reload_spec: object = None, log_context: CameraContext | None = None) -> int:
+def run_worker(spec: WorkerSpec, reload_spec: Callable[[], WorkerSpec] | None = None,
+               log_context: CameraContext | None = None) -> int:
     flags = Flags()
     _install_signals(flags)
     threading.current_thread().name = f"camera-{spec.slug}"

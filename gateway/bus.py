@@ -21,30 +21,36 @@ from detector_worker.comms.messages import AnyWorkerMessage, Control, DisplayCon
 
 log = logging.getLogger("gateway.bus")
 YIELD_EVERY = 32
+MAX_MESSAGE_BYTES = 8 * 2**20  # the largest bus message is a snapshot (≤ 4 MiB of base64); more is not ours
 Handler = Callable[[AnyWorkerMessage], Awaitable[None] | None]
+HelloHandler = Callable[[str, bytes], Awaitable[None]]
 
 
 class GatewayBus:
-    def __init__(self, pull_endpoint: str, control_endpoint: str, on_message: Handler,
-                 on_invalid: Callable[[], None] | None = None) -> None:
+    def __init__(self, pull_endpoint: str, control_endpoint: str) -> None:
         self._ctx = zmq.asyncio.Context()
         self._pull = self._ctx.socket(zmq.PULL)
         self._pull.setsockopt(zmq.RCVHWM, 100_000)
         self._pull.setsockopt(zmq.LINGER, 0)
+        self._pull.setsockopt(zmq.MAXMSGSIZE, MAX_MESSAGE_BYTES)  # a bigger one closes that peer's connection
         self._router = self._ctx.socket(zmq.ROUTER)
+        self._router.setsockopt(zmq.MAXMSGSIZE, MAX_MESSAGE_BYTES)
         self._router.setsockopt(zmq.ROUTER_MANDATORY, 1)  # a send to an absent worker fails loudly
         self._router.setsockopt(zmq.ROUTER_HANDOVER, 1)  # a restarted worker takes over its identity
         self._router.setsockopt(zmq.LINGER, 0)
         self._endpoints = (pull_endpoint, control_endpoint)
-        self._on_message = on_message
-        self._on_invalid = on_invalid or (lambda: None)
         self._tasks: list[asyncio.Task[None]] = []
-        self.hello: Callable[[str, bytes], Awaitable[None]] | None = None  # set by the app
 
-    def start(self) -> None:
-        """Bind and serve. Called only after orphaned workers of an earlier run are gone: bound
-        earlier, an orphan could connect with its camera's identity and take it over (ROUTER
-        handover) from the camera's new worker, and then die with it, cutting that worker off."""
+    def start(self, on_message: Handler, on_hello: HelloHandler, on_invalid: Callable[[], None]) -> None:
+        """Bind and serve, handing every worker message to `on_message`, every hello (camera,
+        identity) to `on_hello`, and counting malformed messages with `on_invalid`.
+
+        Called only after orphaned workers of an earlier run are gone: bound earlier, an orphan
+        could connect with its camera's identity and take it over (ROUTER handover) from the
+        camera's new worker, and then die with it, cutting that worker off."""
+        self._on_message = on_message
+        self._on_hello = on_hello
+        self._on_invalid = on_invalid
         self._pull.bind(self._endpoints[0])
         self._router.bind(self._endpoints[1])
         self._tasks = [asyncio.create_task(self._pull_loop(), name="bus-pull"),
@@ -94,10 +100,10 @@ class GatewayBus:
             except ValidationError:
                 self._on_invalid()
                 continue
-            if msg.type != "hello" or self.hello is None:
+            if msg.type != "hello":
                 continue
             try:
-                await self.hello(msg.camera, identity)
+                await self._on_hello(msg.camera, identity)
             except Exception:
                 log.exception("answering hello of %s failed", msg.camera)
 

@@ -4,13 +4,16 @@
 
 Signals only queue work for the loop: SIGTERM/SIGINT stop it; SIGHUP re-reads cameras.yaml
 (which is also watched for changes) and applies only the difference.
+
+Exit codes (docs/operations.md, "Exit codes"): 0 stopped by SIGTERM/SIGINT; 1 an unexpected
+error (a traceback in its log, e.g. a port already taken); 2 a usage error (argparse); 78
+(EX_CONFIG) settings that can't be used, with one line on stderr naming the file and field.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import ctypes
 import logging
 import logging.handlers
 import os
@@ -19,7 +22,8 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from detector_worker.config.spec import SpecError
+from detector_worker.config.base import SpecError
+from detector_worker.proc import die_with_parent
 
 from . import __version__
 from .settings import GatewaySettings, load_settings
@@ -45,11 +49,10 @@ def setup_logging(settings: GatewaySettings) -> None:
 
 
 async def serve(settings: GatewaySettings) -> int:
-    from .app import Gateway
-    from .server import GatewayServer
+    from .assemble import assemble, reload_cameras_file
 
-    gateway = Gateway(settings)
-    server = GatewayServer(gateway)
+    parts = assemble(settings)
+    gateway, server = parts.gateway, parts.server
     stop = asyncio.Event()
     reload = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -68,9 +71,8 @@ async def serve(settings: GatewaySettings) -> int:
             stop_wait.cancel()
             if reload.is_set() and not stop.is_set():
                 reload.clear()
-                if gateway.load_cameras_file():
+                if reload_cameras_file(gateway):
                     log.info("cameras.yaml re-read: applying the difference")
-                    gateway.mark_dirty()
     finally:
         watcher.cancel()
         await server.stop()
@@ -99,14 +101,11 @@ def end_with_supervisord() -> None:
     nothing would end the orphaned workers (`adopt_or_clean` runs when a gateway starts): every
     camera would run twice. The orphaned workers themselves are left to that clean-up.
     """
-    if not os.environ.get("SUPERVISOR_ENABLED") or not sys.platform.startswith("linux"):
-        return
-    parent = os.getppid()
-    pr_set_pdeathsig = 1
-    if ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGTERM, 0, 0, 0) != 0:
-        log.warning("cannot ask to end with supervisord: %s", os.strerror(ctypes.get_errno()))
-    elif os.getppid() != parent:  # it died before we asked
-        os.kill(os.getpid(), signal.SIGTERM)
+    if os.environ.get("SUPERVISOR_ENABLED") and not die_with_parent(signal.SIGTERM):
+        log.warning("cannot ask to end with supervisord: PR_SET_PDEATHSIG is not available")
+
+
+EXIT_CONFIG = 78  # EX_CONFIG (sysexits.h): the settings can't be used; 2 stays argparse's usage error
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -120,7 +119,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         settings = load_settings(args.config, host=args.host, port=args.port)
     except SpecError as err:
         print(f"detector-gateway: {err}", file=sys.stderr)
-        return 2
+        return EXIT_CONFIG
     setup_logging(settings)
     end_with_supervisord()
     return asyncio.run(serve(settings))

@@ -17,8 +17,10 @@ from prometheus_client import CONTENT_TYPE_LATEST
 from websockets.datastructures import Headers
 from websockets.http11 import Response
 
+from . import views
+
 if TYPE_CHECKING:
-    from .server import GatewayServer
+    from .core import Gateway
 
 
 def response(status: HTTPStatus, body: bytes, content_type: str) -> Response:
@@ -31,19 +33,19 @@ def json_response(status: HTTPStatus, body: object) -> Response:
     return response(status, json.dumps(body).encode(), "application/json")
 
 
-async def route(server: GatewayServer, path: str) -> Response:
+async def route(gateway: Gateway, path: str) -> Response:
     if path == "/health":
-        return json_response(HTTPStatus.OK, server.health())
+        return json_response(HTTPStatus.OK, views.health(gateway))
     if path == "/metrics":
-        return response(HTTPStatus.OK, server.gateway.metrics.render(), CONTENT_TYPE_LATEST)
+        return response(HTTPStatus.OK, gateway.metrics.render(), CONTENT_TYPE_LATEST)
     if path == "/cameras":
-        return json_response(HTTPStatus.OK, {"cameras": server.cameras_json()})
+        return json_response(HTTPStatus.OK, {"cameras": views.cameras_json(gateway)})
     parts = path.split("/")
     if len(parts) == 4 and parts[1] == "cameras" and parts[3] == "snapshot":
         camera_id = unquote(parts[2])
-        if camera_id not in server.gateway.plans:
+        if camera_id not in gateway.desired.plans:
             return json_response(HTTPStatus.NOT_FOUND, {"error": "no such camera"})
-        jpeg = server.snapshot(camera_id)
+        jpeg = views.snapshot(gateway, camera_id)
         if jpeg is None:
             return json_response(HTTPStatus.NOT_FOUND, {"error": "no frame from this camera yet"})
         return response(HTTPStatus.OK, jpeg, "image/jpeg")

@@ -1,7 +1,6 @@
 """The gateway's settings: one typed object, read once from `conf/gateway.yaml` and the environment.
 
-Names follow the user's plan (`session_processes.*`, `resource_limits.*`); every option is
-documented in docs/operations.md. `GATEWAY_TOKEN` in the environment overrides `token`, so the
+Every option is documented in docs/operations.md. `GATEWAY_TOKEN` in the environment overrides `token`, so the
 secret need not sit in a file; `GATEWAY_CAMERAS_FILE` overrides `cameras_file`.
 """
 
@@ -12,44 +11,39 @@ import os
 import sys
 from pathlib import Path
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import Field, ValidationError, model_validator
 
-from detector_worker.config.spec import (
-    InferenceSettings,
-    ResourceLimits,
-    SpecError,
-    describe_validation_error,
-    read_yaml_file,
-)
+from detector_worker.config.base import SpecError, StrictModel, describe_validation_error, read_yaml_file
+from detector_worker.config.spec import BusSettings, InferenceSettings, ResourceLimits
 
 PROJECT_DIR = Path(__file__).resolve().parents[1]
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-class LogRotation(_Strict):
+class LogRotation(StrictModel):
     max_size_mb: float = Field(100, gt=0)
     backup_count: int = Field(5, ge=0, le=100)
 
 
-class SessionProcesses(_Strict):
+class SessionProcesses(StrictModel):
     max_concurrent_sessions: int = Field(20, ge=1, le=1000)  # camera workers at most
     process_cleanup_timeout: float = Field(30.0, ge=0, le=3600)  # s a gone backend's cameras survive
-    health_check_interval: float = Field(10.0, gt=0, le=3600)  # s between stateReports and health checks
+    health_check_interval: float = Field(2.0, gt=0, le=3600)  # s between stateReports (the backend's heartbeat)
     heartbeat_timeout: float = Field(15.0, gt=0, le=3600)  # s of worker silence that counts as hung
     log_rotation: LogRotation = LogRotation()
 
 
-class BusEndpoints(_Strict):
-    pull: str = "tcp://127.0.0.1:5601"  # workers and the event listener push here
-    control: str = "tcp://127.0.0.1:5602"  # workers' DEALERs connect here
+class BackendSettings(StrictModel):
+    """Who may be the backend, and what it is sent beyond the original worker's messages."""
+
+    # Addresses allowed to connect without the token (an unmodified backend sends none).
+    allowed_networks: list[ipaddress.IPv4Network | ipaddress.IPv6Network] = Field(default_factory=list)
+    patch_session: bool = False  # send patchSession after a result is written under a session
+    relay_static_cameras: bool = False  # send cameras.yaml cameras' detections to the backend too
 
 
-class GatewaySettings(_Strict):
+class GatewaySettings(StrictModel):
     host: str = "127.0.0.1"
-    port: int = Field(8001, ge=1, le=65535)
+    port: int = Field(8001, ge=0, le=65535)  # 0: any free port (tests)
     token: str | None = Field(None, min_length=16)
     max_message_bytes: int = Field(1_048_576, ge=1024)
     project_dir: Path = PROJECT_DIR
@@ -60,7 +54,12 @@ class GatewaySettings(_Strict):
     log_dir: Path = PROJECT_DIR / "logs"
     model_cache_dir: Path = PROJECT_DIR / "build" / "model-cache"
     cameras_file: Path | None = PROJECT_DIR / "cameras.yaml"
-    bus: BusEndpoints = BusEndpoints()
+    # Browsers: a request whose Host is not one of these names is refused (DNS rebinding), and one whose
+    # Origin is neither this gateway itself nor listed is refused (a page elsewhere driving the gateway).
+    allowed_hosts: list[str] = Field(default_factory=list)  # beyond localhost, 127.0.0.1, ::1 and `host`
+    allowed_origins: list[str] = Field(default_factory=list)  # e.g. ["https://ops.example.com"]
+    bus: BusSettings = BusSettings()  # the gateway binds push_endpoint (PULL) and control_endpoint (ROUTER)
+    backend: BackendSettings = BackendSettings()
     session_processes: SessionProcesses = SessionProcesses()
     resource_limits: ResourceLimits = ResourceLimits()
     inference: InferenceSettings = InferenceSettings()
@@ -70,13 +69,22 @@ class GatewaySettings(_Strict):
 
     @model_validator(mode="after")
     def _token_off_loopback(self) -> GatewaySettings:
-        if not _is_loopback(self.host) and not self.token:
-            raise ValueError(f"host {self.host!r} is not loopback: a token (GATEWAY_TOKEN) is required")
+        if not _is_loopback(self.host) and not self.token and not self.backend.allowed_networks:
+            raise ValueError(f"host {self.host!r} is not loopback: set a token (GATEWAY_TOKEN) or "
+                             "backend.allowed_networks (the backend's addresses, CIDR)")
         return self
 
     @property
     def loopback(self) -> bool:
         return _is_loopback(self.host)
+
+    @property
+    def host_names(self) -> frozenset[str]:
+        """The names a request may call this gateway by (its Host header, port removed, lower case)."""
+        names = {"localhost", "127.0.0.1", "::1", *(h.lower() for h in self.allowed_hosts)}
+        if self.host not in ("0.0.0.0", "::", ""):
+            names.add(self.host.lower())
+        return frozenset(names)
 
 
 def _is_loopback(host: str) -> bool:

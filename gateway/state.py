@@ -3,6 +3,11 @@
 A camera is online only when its process runs (supervisord says RUNNING) *and* its worker says
 its stream is up; a crash, a FATAL program or an operator's stop makes it offline at once,
 whatever the worker last said.
+
+Counts that come from the worker (`reconnects`, `stalls`, `dropped`, `frames_processed`,
+`store_failed`) are the worker's own since it started: they fall back to zero when the worker
+restarts, which Prometheus reads as a counter reset. `restarts`, `hung_restarts` and
+`detections` are counted by the gateway since it started.
 """
 
 from __future__ import annotations
@@ -27,9 +32,14 @@ class CameraState:
     dropped: int = 0
     rss_mb: float = 0.0
     last_error: str | None = None
+    frames_processed: int = 0  # worker's count since it started
+    store_pending: int = 0  # store writes queued or retrying in the worker now
+    store_failed: int = 0  # store writes the worker gave up, since it started
     restarts: int = 0  # process restarts seen (crashes, hung-worker restarts), not first starts
     hung_restarts: int = 0
     detections: int = 0
+    # an operator stopped this camera's worker: set by the gateway from its desired state, which owns it
+    operator_stopped: bool = False
     last_heartbeat: float | None = None  # monotonic
     worker_pid: int | None = None
     snapshot: Snapshot | None = None
@@ -39,16 +49,34 @@ class CameraState:
     def online(self) -> bool:
         return self.process_state == "RUNNING" and self.stream_online
 
+    @property
+    def rss_bytes(self) -> float:
+        return self.rss_mb * 1024 * 1024
+
+    @property
+    def inference_seconds(self) -> float:
+        return self.inference_ms / 1000
+
     def on_status(self, msg: Status) -> None:
         self.stream_online = msg.online
         self.fps, self.inference_ms = msg.fps, msg.inference_ms
         self.reconnects, self.stalls, self.dropped = msg.reconnects, msg.stalls, msg.dropped
         self.rss_mb, self.last_error = msg.rss_mb, msg.last_error
+        self.frames_processed, self.store_pending, self.store_failed = (
+            msg.frames_processed, msg.store_pending, msg.store_failed)
         self.last_heartbeat = time.monotonic()
 
     def on_heartbeat(self, msg: Heartbeat) -> None:
         self.last_heartbeat = time.monotonic()
         self.worker_pid = msg.pid
+
+    def on_detection(self) -> None:
+        self.detections += 1
+
+    def on_hung_restart(self) -> None:
+        """The gateway restarts this worker because its heartbeats stopped while the process ran."""
+        self.hung_restarts += 1
+        self.last_heartbeat = time.monotonic()  # one restart per timeout, not one per reconcile pass
 
     def on_process_state(self, state: str, pid: int | None) -> None:
         """supervisord's view; a RUNNING after a previous RUNNING means the process was restarted."""
@@ -65,11 +93,15 @@ class CameraState:
         return time.monotonic() - self.last_heartbeat if self.last_heartbeat is not None else 0.0
 
     def as_json(self) -> dict[str, object]:
+        """The camera as `/cameras` shows it; keys are only ever added, never renamed."""
         return {
             "camera": self.camera_id, "program": self.program, "process_state": self.process_state,
             "pid": self.pid, "online": self.online, "stream_online": self.stream_online,
+            "operator_stopped": self.operator_stopped,
             "fps": round(self.fps, 2), "inference_ms": round(self.inference_ms, 2), "reconnects": self.reconnects,
             "stalls": self.stalls, "dropped": self.dropped, "rss_mb": round(self.rss_mb, 1),
+            "frames_processed": self.frames_processed, "store_pending": self.store_pending,
+            "store_failed": self.store_failed,
             "restarts": self.restarts, "hung_restarts": self.hung_restarts, "detections": self.detections,
             "last_error": self.last_error, "heartbeat_age_s": round(self.silent_for(), 1),
         }

@@ -1,8 +1,11 @@
 #!/usr/bin/env bash
 # Install what the project needs, and nothing when it is already there (a stamp per input).
 #   scripts/bootstrap.sh          system packages + .venv with the pinned Python packages
-# System packages come from apt-get (as root, or through sudo); Python packages from
-# requirements.lock into .venv. torch is pinned to the 2.14.1 build this machine keeps on disk.
+# System packages come from apt-get (as root, or through sudo); Python packages from the
+# pip-compile lock requirements/dev.txt (runtime + torch + dev; `make lock` regenerates it from
+# pyproject.toml), installed with pip-sync: what the lock doesn't list is removed. torch is pinned
+# to the 2.14.1 build this machine keeps on disk. LOCK=requirements/runtime.txt (or torch.txt)
+# syncs a smaller set instead (no tests, then).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -27,12 +30,23 @@ if ((${#missing[@]})); then
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}"
 fi
 
-stamp=.venv/.bootstrap-$(cat requirements.lock pyproject.toml | sha256sum | cut -c1-16)
+LOCK=${LOCK:-requirements/dev.txt}
+stamp=.venv/.bootstrap-$(cat "$LOCK" pyproject.toml | sha256sum | cut -c1-16)
 if [ ! -f "$stamp" ]; then
-  echo "bootstrap: installing Python packages into .venv (first run: a few minutes)"
+  echo "bootstrap: installing Python packages into .venv from $LOCK (first run: a few minutes)"
   [ -x .venv/bin/python ] || "$PYTHON" -m venv .venv
-  .venv/bin/python -m pip install -q --upgrade pip
-  .venv/bin/python -m pip install -q -r requirements.lock
+  # pip and pip-tools at the versions dev.txt pins (pip-sync itself leaves them and their own
+  # dependencies alone), then exactly the lock: --no-deps, since the lock is complete and
+  # opencv-python, which ultralytics asks for, is deliberately not in it (opencv-python-headless is).
+  .venv/bin/python -m pip install -q -c requirements/dev.txt pip pip-tools
+  # opencv-python and opencv-python-headless install the same cv2/ files: removing the first (a
+  # .venv made before the locks had both) takes the second's files with it, so reinstall it.
+  gui_cv=0
+  .venv/bin/python -m pip show -q opencv-python >/dev/null 2>&1 && gui_cv=1
+  .venv/bin/pip-sync -q --pip-args "--no-deps" "$LOCK"
+  if ((gui_cv)); then
+    .venv/bin/python -m pip install -q --no-deps --force-reinstall -c "$LOCK" opencv-python-headless
+  fi
   .venv/bin/python -m pip install -q --no-deps --no-build-isolation -e .
   rm -f .venv/.bootstrap-*
   touch "$stamp"

@@ -42,6 +42,8 @@ PY
 start() {
   mkdir -p run logs conf/supervisord.d
   chmod 0700 run
+  # conf/fleet.d/events.conf comes from the gateway's own renderer (a no-op when it is up to date)
+  "$VENV/bin/python" scripts/render_fleet_conf.py
   demo_footage
   demo_database
   if running; then

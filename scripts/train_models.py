@@ -7,6 +7,11 @@ Steps: render training sets (seed 1000) → train the detector and both classifi
 Ultralytics on the CPU → evaluate on a held-out set (seed 2000) → copy the weights to
 `models/`, write `models/ACCURACY.md` → pack `models/car_frontal_pipeline.mpta`.
 Fixed seeds and deterministic training make a re-run reproduce the same figures.
+
+    .venv/bin/python scripts/train_models.py --pack-only   # repack the archive from models/*.pt
+
+`--pack-only` rewrites `pipeline.json` (e.g. after a change to `standin_pipeline`) around the
+committed weights, without training; the zip is deterministic, so unchanged input gives the same bytes.
 """
 
 from __future__ import annotations
@@ -86,7 +91,13 @@ def main() -> int:
     parser.add_argument("--out", type=Path, default=ROOT / "models", help="where the models go")
     parser.add_argument("--quick", action="store_true", help="tiny sets and 2 epochs: checks the script only")
     parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--pack-only", action="store_true",
+                        help="only repack the archive from the .pt files already in --out (no training)")
     args = parser.parse_args()
+    if args.pack_only:
+        plan = Plan()
+        print(f"packed {pack_standin_pipeline(args.out, brand_size=plan.brand_imgsz, body_size=plan.body_imgsz)}")
+        return 0
     plan = QUICK if args.quick else Plan()
     work: Path = args.work
     if work.exists():

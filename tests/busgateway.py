@@ -17,7 +17,7 @@ from pydantic import ValidationError
 
 from detector_worker.comms.messages import (
     Control,
-    Detection,
+    DisplayDetection,
     DisplayControl,
     Hello,
     Status,
@@ -121,8 +121,8 @@ class BusGateway:
     def of_type(self, kind: type, camera: str | None = None) -> list[WorkerMsg]:
         return [m for m in self.snapshot() if isinstance(m, kind) and (camera is None or m.camera == camera)]  # type: ignore[attr-defined]
 
-    def detections(self, camera: str | None = None) -> list[Detection]:
-        return self.of_type(Detection, camera)  # type: ignore[return-value]
+    def detections(self, camera: str | None = None) -> list[DisplayDetection]:
+        return self.of_type(DisplayDetection, camera)  # type: ignore[return-value]
 
     def statuses(self, camera: str | None = None) -> list[Status]:
         return self.of_type(Status, camera)  # type: ignore[return-value]

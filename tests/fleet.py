@@ -21,6 +21,7 @@ import yaml
 from supervisor.xmlrpc import SupervisorTransport  # type: ignore[import-untyped]
 from websockets.sync.client import ClientConnection, connect
 
+from gateway.supervisor.programs import EventListenerSpec, render_eventlistener
 from tests.rtsp import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -43,7 +44,8 @@ class Fleet:
             "supervisor_socket": str(self.socket), "programs_dir": str(base / "conf/supervisord.d"),
             "specs_dir": str(base / "run/specs"), "log_dir": str(base / "logs"),
             "model_cache_dir": str(model_cache), "cameras_file": str(base / "cameras.yaml"),
-            "bus": {"pull": f"tcp://127.0.0.1:{self.pull}", "control": f"tcp://127.0.0.1:{self.control}"},
+            "bus": {"push_endpoint": f"tcp://127.0.0.1:{self.pull}",
+                    "control_endpoint": f"tcp://127.0.0.1:{self.control}"},
             "session_processes": {"process_cleanup_timeout": cleanup_timeout, "health_check_interval": 1,
                                   "heartbeat_timeout": 15},
             "redis_url": redis_url, "database_url": database_url, **(extra or {}),
@@ -80,16 +82,11 @@ stopsignal=TERM
 stopwaitsecs=10
 redirect_stderr=true
 stdout_logfile={base}/logs/gateway_stdout.log
-[eventlistener:camera-events]
-command={PYTHON} -m gateway.supervisor.events --push tcp://127.0.0.1:{self.pull}
-directory={ROOT}
-events=PROCESS_STATE
-buffer_size=1000
-autostart=true
-autorestart=true
-startsecs=1
-stderr_logfile={base}/logs/camera_events.log
 """)
+        # the same renderer as the shipped conf/fleet.d/events.conf, on this fleet's paths and bus
+        (base / "conf/fleet.d/events.conf").write_text(render_eventlistener(EventListenerSpec(
+            python=Path(PYTHON), push_endpoint=f"tcp://127.0.0.1:{self.pull}", directory=ROOT,
+            stderr_logfile=base / "logs/camera_events.log")))
 
     # -- supervisord ------------------------------------------------------------------------
     def start(self) -> Fleet:

@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from detector_worker.comms.messages import Detection, Status
+from detector_worker.comms.messages import DisplayDetection, Status
 from detector_worker.pipeline.archive import open_archive
 from detector_worker.pipeline.export import prepare_archive_dir
 from detector_worker.synthetic.standin import ARCHIVE_NAME
@@ -62,7 +62,7 @@ def start_worker(tmp_path: Path, gateway: BusGateway, model_cache: Path, redis_u
             "camera_id": camera,
             "source": {"kind": "rtsp", "url": url, "open_timeout_s": 3, "read_timeout_s": 3},
             "subscriptions": [{"subscription_identifier": f"display-{camera};{camera}",
-                               "display_id": f"display-{camera}",
+                               "source": {"kind": "rtsp", "url": url},
                                "model": {"url": str(MODELS / ARCHIVE_NAME), "id": MODEL_ID, "name": "stand-in"}}],
             "max_fps": 5,
             "bus": {"push_endpoint": gateway.push_endpoint, "control_endpoint": gateway.control_endpoint,
@@ -188,13 +188,13 @@ def test_memory_ceiling_makes_the_worker_exit_cleanly(rtsp_server: RtspServer, s
     (json.dumps({"camera_id": "c", "source": {"kind": "rtsp", "url": "rtsp://x\n[program:evil]"}}), "source.url"),
     (json.dumps({"camera_id": "c", "source": {"kind": "carrier-pigeon", "url": "x"}}), "source.kind"),
 ])
-def test_bad_spec_exits_2_with_one_clear_line(tmp_path: Path, content: str | None, expected: str) -> None:
+def test_bad_spec_exits_78_with_one_clear_line(tmp_path: Path, content: str | None, expected: str) -> None:
     path = tmp_path / "spec.json"
     if content is not None:
         path.write_text(content)
     done = subprocess.run([*WORKER, "--spec", str(path)], capture_output=True, text=True, timeout=30,
                           env={**os.environ})
-    assert done.returncode == 2
+    assert done.returncode == 78, (done.returncode, done.stderr)  # EX_CONFIG
     lines = done.stderr.strip().splitlines()
     assert len(lines) == 1 and expected in lines[0] and str(path) in lines[0], done.stderr
 
@@ -206,7 +206,7 @@ def test_detection_results_are_written_under_the_session_the_gateway_binds(
 
     start_worker("cam-b", rtsp_server.url("cam-b"))
     first = gateway.wait_for(lambda: gateway.detections("cam-b"), 60, "a detection")
-    detection: Detection = first[0]  # type: ignore[index]
+    detection: DisplayDetection = first[0]  # type: ignore[index]
     gateway.set_session("cam-b", "display-cam-b", "session-b-1")
 
     def row() -> Any:
@@ -220,3 +220,47 @@ def test_detection_results_are_written_under_the_session_the_gateway_binds(
 
     assert gateway.wait_for(row, 10, "the session's row") == ("display-cam-b", detection.vehicle.brand,
                                                               detection.vehicle.body_type)
+
+
+def test_reload_with_a_new_source_url_reads_from_the_new_source(rtsp_server: RtspServer, gateway: BusGateway,
+                                                                start_worker: Any) -> None:
+    worker = start_worker("cam-a", rtsp_server.url("cam-a"))
+    gateway.wait_for(lambda: {d.vehicle.brand for d in gateway.detections("cam-a")} & set(CAMERA_BRANDS["cam-a"]),
+                     60, "a detection from cam-a's stream")
+    spec = json.loads(worker.spec_path.read_text())
+    spec["source"]["url"] = rtsp_server.url("cam-b")  # the same camera, now pointed at other footage
+    spec["subscriptions"][0]["source"]["url"] = rtsp_server.url("cam-b")  # as the gateway writes it
+    worker.spec_path.write_text(json.dumps(spec))
+    before = len(gateway.detections("cam-a"))
+    worker.proc.send_signal(signal.SIGHUP)
+    gateway.wait_for(lambda: {d.vehicle.brand for d in gateway.detections("cam-a")[before:]}
+                     & set(CAMERA_BRANDS["cam-b"]), 60, "a detection from the new stream")
+    assert worker.proc.poll() is None, "the same process, not a restart"
+    status = latest_status(gateway, "cam-a")
+    assert status is not None and status.online and status.frames_processed > 0
+    log = (worker.log_dir / "detector_worker_camera_cam-a.log").read_text()
+    assert "new source settings" in log and "new pipelines" not in log, "same subscriptions: models kept"
+
+
+@pytest.mark.parametrize("under_supervisord", [True, False])
+def test_each_line_is_written_once_stdout_only_under_supervisord(tmp_path: Path, under_supervisord: bool) -> None:
+    """supervisord writes the program's stdout to the camera's log file: the worker must not write it too."""
+    spec = {"camera_id": "cam-x", "source": {"kind": "rtsp", "url": "rtsp://127.0.0.1:9/none"},
+            "subscriptions": [{"subscription_identifier": "display-x;cam-x",
+                               "source": {"kind": "rtsp", "url": "rtsp://127.0.0.1:9/none"},
+                               "model": {"url": str(tmp_path / "missing.mpta"), "id": 7}}],
+            "log": {"directory": str(tmp_path / "logs")}, "model_cache_dir": str(tmp_path / "cache")}
+    path = tmp_path / "spec.json"
+    path.write_text(json.dumps(spec))
+    env = {k: v for k, v in os.environ.items() if k != "SUPERVISOR_ENABLED"}
+    if under_supervisord:
+        env["SUPERVISOR_ENABLED"] = "1"
+    done = subprocess.run([*WORKER, "--spec", str(path)], capture_output=True, text=True, timeout=60, env=env)
+    assert done.returncode == 1, done.stderr  # cannot start: the archive is missing
+    stdout = [line for line in done.stdout.splitlines() if "cannot start" in line]
+    assert len(stdout) == 1 and "[camera=cam-x sessions=-]" in stdout[0]
+    log_file = tmp_path / "logs" / "detector_worker_camera_cam-x.log"
+    if under_supervisord:
+        assert not log_file.exists()
+    else:
+        assert [line for line in log_file.read_text().splitlines() if "cannot start" in line] == stdout

@@ -41,7 +41,6 @@ class WorkerBus:
         self._control.connect(control_endpoint)
         self.sent = 0
         self.dropped = 0
-        self.bad_control = 0
         self.answered = False  # the gateway has sent control state since our hello
         self._started_at = time.time()
 
@@ -73,19 +72,13 @@ class WorkerBus:
             try:
                 msg = decode_from_gateway(data)
             except ValidationError as err:
-                self.bad_control += 1
                 self.log.error("ignored a malformed control message: %s", err.errors()[0]["msg"])
                 continue
             if msg.camera != self.camera_id:
-                self.bad_control += 1
                 self.log.error("ignored a control message for camera %r", msg.camera)
                 continue
             self.answered = True
             out.append(msg)
-
-    @property
-    def control_socket(self) -> zmq.Socket[bytes]:
-        return self._control
 
     def close(self) -> None:
         self._push.close(0)

@@ -17,6 +17,8 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
 
+from .. import limits
+
 PROTOCOL_VERSION = 1
 Box = tuple[float, float, float, float]
 
@@ -24,7 +26,7 @@ Box = tuple[float, float, float, float]
 class _Message(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
     v: Literal[1] = 1  # PROTOCOL_VERSION
-    camera: str = Field(min_length=1, max_length=128)
+    camera: str = Field(min_length=1, max_length=limits.MAX_ID)
     sent_at: float  # wall clock (time.time()) at the sender
 
 
@@ -54,6 +56,9 @@ class Status(_Message):
     dropped: int  # bus messages this worker could not send (high-water mark reached)
     rss_mb: float
     last_error: str | None = None
+    frames_processed: int = 0  # since the worker started: a counter, so rate() works
+    store_pending: int = 0  # store writes waiting (queued or retrying), all stores of this worker
+    store_failed: int = 0  # store writes given up since the worker started
 
 
 class VehicleResult(BaseModel):
@@ -68,18 +73,17 @@ class VehicleResult(BaseModel):
     fields: dict[str, Any] = Field(default_factory=dict)  # every branch result, by "<modelId>.<field>"
 
 
-class Detection(_Message):
+class DisplayDetection(_Message):
     """One detection cycle's result for one display subscription."""
 
     type: Literal["detection"] = "detection"
     subscription_identifier: str
     display_id: str
-    session_id: str | None
+    session_id: int | str | None  # as the backend sent it
     track_id: int
     model_id: int | str | None
     model_name: str | None
     captured_at: float  # when the frame was read from the camera
-    decode_ms: float
     inference_ms: float
     vehicle: VehicleResult
     image_key: str | None = None  # where the crop went in Redis, once stored
@@ -91,7 +95,7 @@ class SessionResult(_Message):
     type: Literal["session_result"] = "session_result"
     subscription_identifier: str
     display_id: str
-    session_id: str
+    session_id: int | str  # as the backend sent it
     track_id: int
     image_key: str | None
     vehicle: VehicleResult
@@ -124,7 +128,7 @@ class ProcessState(BaseModel):
 
 class DisplayControl(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
-    session_id: str | None = None
+    session_id: int | str | None = None  # as the backend sent it (an integer stays an integer)
     progression_stage: str | None = None
 
 
@@ -141,7 +145,7 @@ class Reload(_Message):
     type: Literal["reload"] = "reload"
 
 
-AnyWorkerMessage = Hello | Heartbeat | Status | Detection | SessionResult | Snapshot | ProcessState
+AnyWorkerMessage = Hello | Heartbeat | Status | DisplayDetection | SessionResult | Snapshot | ProcessState
 WorkerMessage = Annotated[AnyWorkerMessage, Field(discriminator="type")]
 GatewayMessage = Annotated[Control | Reload, Field(discriminator="type")]
 

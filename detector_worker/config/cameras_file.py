@@ -9,8 +9,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import Field, ValidationError, field_validator
 
+from .. import limits
+from .base import SpecError, StrictModel, describe_validation_error, read_yaml_file
+from .fields import CameraId, DisplayId, ModelId
 from .spec import (
     BackoffSettings,
     BusSettings,
@@ -20,22 +23,15 @@ from .spec import (
     ModelRef,
     ResourceLimits,
     SourceSettings,
-    SpecError,
     StoreOverrides,
     Subscription,
     WorkerSpec,
-    describe_validation_error,
-    read_yaml_file,
 )
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-class CameraDefaults(_Strict):
+class CameraDefaults(StrictModel):
     pipeline: str | None = None  # .mpta path or URL
-    model_id: int | str | None = None
+    model_id: ModelId | None = None
     model_name: str | None = None
     max_fps: float | None = Field(None, gt=0, le=120)
     stall_timeout_s: float = Field(10.0, gt=0, le=600)
@@ -44,11 +40,11 @@ class CameraDefaults(_Strict):
     resource_limits: ResourceLimits = ResourceLimits()
 
 
-class CameraEntry(_Strict):
+class CameraEntry(StrictModel):
     source: SourceSettings
-    displays: list[str] = Field(min_length=1)
+    displays: list[DisplayId] = Field(min_length=1, max_length=limits.MAX_DISPLAYS_PER_CAMERA)
     pipeline: str | None = None
-    model_id: int | str | None = None
+    model_id: ModelId | None = None
     model_name: str | None = None
     crop: Crop | None = None
     max_fps: float | None = Field(None, gt=0, le=120)
@@ -61,22 +57,12 @@ class CameraEntry(_Strict):
     def _unique(cls, value: list[str]) -> list[str]:
         if len(set(value)) != len(value):
             raise ValueError("display ids must be unique")
-        if any(not d or ";" in d for d in value):
-            raise ValueError("display ids must be non-empty and contain no ';'")
         return value
 
 
-class CamerasFile(_Strict):
+class CamerasFile(StrictModel):
     defaults: CameraDefaults = CameraDefaults()
-    cameras: dict[str, CameraEntry] = Field(default_factory=dict)
-
-    @field_validator("cameras")
-    @classmethod
-    def _names(cls, value: dict[str, CameraEntry]) -> dict[str, CameraEntry]:
-        for name in value:
-            if not name or ";" in name or len(name) > 128:
-                raise ValueError(f"camera name {name!r} must be 1-128 characters without ';'")
-        return value
+    cameras: dict[CameraId, CameraEntry] = Field(default_factory=dict)
 
     def worker_spec(self, name: str, *, bus: BusSettings = BusSettings(), log: LogSettings = LogSettings(),
                     stores: StoreOverrides = StoreOverrides(), model_cache_dir: Path = Path("build/model-cache"),
@@ -98,7 +84,7 @@ class CamerasFile(_Strict):
             source = source.model_copy(update={"url": str((base_dir / source.url).resolve())})
         return WorkerSpec(
             camera_id=name, source=source,
-            subscriptions=[Subscription(subscription_identifier=f"{display};{name}", display_id=display,
+            subscriptions=[Subscription(subscription_identifier=f"{display};{name}", source=source,
                                         model=model, crop=cam.crop) for display in cam.displays],
             max_fps=cam.max_fps if cam.max_fps is not None else d.max_fps,
             stall_timeout_s=cam.stall_timeout_s or d.stall_timeout_s, backoff=d.backoff, bus=bus,

@@ -7,70 +7,98 @@ entry in `cameras.yaml` instead (see `cameras_file.py`); both end up as a `Worke
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
-from typing import Any, Literal
+from typing import Literal
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import Field, ValidationError, field_validator, model_validator
 
+from .. import limits
 from ..naming import camera_slug
+from .base import SpecError, StrictModel, describe_validation_error, read_yaml_file
+from .fields import CameraId, ModelId, SubscriptionIdentifier, check_printable, split_subscription_identifier
+
+__all__ = ["SpecError"]  # raised by load_spec
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+class SourceSettings(StrictModel):
+    """Where a camera's frames come from; one per camera, whoever asked for it."""
 
-
-class SourceSettings(_Strict):
     kind: Literal["rtsp", "snapshot", "file"]
-    url: str = Field(min_length=1, max_length=4096)
-    snapshot_interval_ms: int = Field(5000, ge=100, le=3_600_000)
+    url: str = Field(min_length=1, max_length=limits.MAX_URL)
+    snapshot_interval_ms: int = Field(5000, ge=limits.MIN_SNAPSHOT_INTERVAL_MS, le=limits.MAX_SNAPSHOT_INTERVAL_MS)
     open_timeout_s: float = Field(5.0, gt=0, le=120)
     read_timeout_s: float = Field(5.0, gt=0, le=120)
 
     @field_validator("url")
     @classmethod
-    def _no_control_characters(cls, value: str) -> str:
-        if any(ord(c) < 32 or ord(c) == 127 for c in value):
-            raise ValueError("must not contain control characters")
+    def _printable(cls, value: str) -> str:
+        check_printable(value)
         return value
 
+    def same_stream(self, other: SourceSettings) -> bool:
+        """One stream per camera: two sources with the same kind and URL are one connection."""
+        return (self.kind, self.url) == (other.kind, other.url)
 
-class Crop(_Strict):
-    x1: int = Field(ge=0)
-    y1: int = Field(ge=0)
-    x2: int = Field(gt=0)
-    y2: int = Field(gt=0)
+
+class Crop(StrictModel):
+    """The part of the frame to analyse, in pixels. `x2`/`y2` None: to the frame's right/bottom edge
+    (the backend's older `cropX`/`cropY` give only the top-left corner)."""
+
+    x1: int = Field(ge=0, le=limits.MAX_CROP_COORD)
+    y1: int = Field(ge=0, le=limits.MAX_CROP_COORD)
+    x2: int | None = Field(None, gt=0, le=limits.MAX_CROP_COORD)
+    y2: int | None = Field(None, gt=0, le=limits.MAX_CROP_COORD)
 
     @model_validator(mode="after")
     def _ordered(self) -> Crop:
-        if self.x2 <= self.x1 or self.y2 <= self.y1:
+        if (self.x2 is None) != (self.y2 is None):
+            raise ValueError("crop needs both x2 and y2, or neither")
+        if self.x2 is not None and self.y2 is not None and (self.x2 <= self.x1 or self.y2 <= self.y1):
             raise ValueError("crop needs x1 < x2 and y1 < y2")
         return self
 
+    @property
+    def box(self) -> tuple[int, int, int, int]:
+        """(x1, y1, x2, y2); an open edge is past any frame (cropping clips to the frame)."""
+        edge = limits.MAX_CROP_COORD + 1
+        return (self.x1, self.y1, self.x2 if self.x2 is not None else edge,
+                self.y2 if self.y2 is not None else edge)
 
-class ModelRef(_Strict):
-    url: str = Field(min_length=1, max_length=4096)  # .mpta: http(s)://, file:// or a local path
-    id: int | str | None = None
-    name: str | None = Field(None, max_length=256)
+
+class ModelRef(StrictModel):
+    url: str = Field(min_length=1, max_length=limits.MAX_URL)  # .mpta: http(s)://, file:// or a local path
+    id: ModelId | None = None  # kept with the type it came with: the backend gets it back as it sent it
+    name: str | None = Field(None, max_length=limits.MAX_MODEL_NAME)
     backend: Literal["onnx", "ultralytics"] | None = None  # this pipeline's own choice; else the worker's
 
 
-class Subscription(_Strict):
-    """One display watching this camera."""
+class Subscription(StrictModel):
+    """One display watching one camera through one pipeline.
 
-    subscription_identifier: str = Field(min_length=1, max_length=512)
-    display_id: str = Field(min_length=1, max_length=256)
+    The same object from the edge where it is parsed (the backend's message, a cameras.yaml
+    entry) to the worker that runs it; `source` is what this subscription asked for (the camera's
+    worker reads one stream, `WorkerSpec.source`, for all its displays)."""
+
+    subscription_identifier: SubscriptionIdentifier
+    source: SourceSettings
     model: ModelRef
     crop: Crop | None = None
 
+    @property
+    def display_id(self) -> str:
+        return split_subscription_identifier(self.subscription_identifier)[0]
 
-class BackoffSettings(_Strict):
+    @property
+    def camera_id(self) -> str:
+        return split_subscription_identifier(self.subscription_identifier)[1]
+
+
+class BackoffSettings(StrictModel):
     initial_s: float = Field(0.5, gt=0, le=60)
     max_s: float = Field(30.0, gt=0, le=600)
 
 
-class BusSettings(_Strict):
+class BusSettings(StrictModel):
     push_endpoint: str = "tcp://127.0.0.1:5601"  # the gateway's PULL socket
     control_endpoint: str = "tcp://127.0.0.1:5602"  # the gateway's ROUTER socket
     send_hwm: int = Field(1000, ge=1, le=1_000_000)
@@ -79,35 +107,35 @@ class BusSettings(_Strict):
     snapshot_interval_s: float = Field(5.0, gt=0, le=3600)  # latest frame to the gateway, as a small JPEG
 
 
-class InferenceSettings(_Strict):
+class InferenceSettings(StrictModel):
     backend: Literal["onnx", "ultralytics"] = "onnx"
     threads: int = Field(1, ge=1, le=64)
     device: Literal["cpu", "cuda"] = "cpu"
 
 
-class ResourceLimits(_Strict):
+class ResourceLimits(StrictModel):
     memory_per_process_mb: int = Field(2048, ge=64)
     gpu_memory_fraction: float = Field(0.3, gt=0, le=1)
 
 
-class LogSettings(_Strict):
+class LogSettings(StrictModel):
     directory: Path = Path("logs")
     max_mb: float = Field(100, gt=0)
     backups: int = Field(5, ge=0, le=100)
     level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
 
 
-class StoreOverrides(_Strict):
+class StoreOverrides(StrictModel):
     """Deployment-side connection settings that win over an archive's own (no secrets in archives)."""
 
     redis_url: str | None = None
     database_url: str | None = None
 
 
-class WorkerSpec(_Strict):
-    camera_id: str = Field(min_length=1, max_length=256)
+class WorkerSpec(StrictModel):
+    camera_id: CameraId
     source: SourceSettings
-    subscriptions: list[Subscription] = Field(default_factory=list)
+    subscriptions: list[Subscription] = Field(default_factory=list, max_length=limits.MAX_DISPLAYS_PER_CAMERA)
     max_fps: float | None = Field(None, gt=0, le=120)
     stall_timeout_s: float = Field(10.0, gt=0, le=600)
     backoff: BackoffSettings = BackoffSettings()
@@ -123,34 +151,13 @@ class WorkerSpec(_Strict):
         return camera_slug(self.camera_id)
 
     @model_validator(mode="after")
-    def _unique_displays(self) -> WorkerSpec:
-        ids = [s.subscription_identifier for s in self.subscriptions]
-        if len(ids) != len(set(ids)):
-            raise ValueError("subscription identifiers must be unique")
+    def _displays_of_this_camera(self) -> WorkerSpec:
+        displays = [s.display_id for s in self.subscriptions]
+        if len(displays) != len(set(displays)):
+            raise ValueError("display ids must be unique")
+        if any(s.camera_id != self.camera_id for s in self.subscriptions):
+            raise ValueError("every subscription must be of this camera")
         return self
-
-
-class SpecError(Exception):
-    """A spec that cannot be used; the message is one line naming the file and the field."""
-
-
-def describe_validation_error(err: ValidationError, origin: str) -> str:
-    first = err.errors()[0]
-    where = ".".join(str(p) for p in first["loc"]) or "(top level)"
-    more = f" (and {err.error_count() - 1} more)" if err.error_count() > 1 else ""
-    return f"{origin}: {where}: {first['msg']}{more}"
-
-
-def read_yaml_file(path: Path) -> Any:
-    """A YAML (or JSON) file's content; SpecError with one line naming the file when it can't be read."""
-    try:
-        text = path.read_text()
-    except OSError as err:
-        raise SpecError(f"{path}: cannot read: {err.strerror}") from None
-    try:
-        return json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
-    except (json.JSONDecodeError, yaml.YAMLError) as err:
-        raise SpecError(f"{path}: not valid {'JSON' if path.suffix == '.json' else 'YAML'}: {err}") from None
 
 
 def load_spec(path: Path) -> WorkerSpec:

@@ -25,8 +25,8 @@ class WriteContext:
     camera_id: str
     display_id: str
     subscription_id: str
-    session_id: str
-    model_id: str
+    session_id: int | str  # as the backend sent it; templates get its text
+    model_id: int | str
     model_name: str
     progression_stage: str | None
 
@@ -51,7 +51,7 @@ class ActionRunner:
         stamp = compact_timestamp(cycle.captured_at)
         context: dict[str, object] = {
             "camera_id": ctx.camera_id, "display_id": ctx.display_id, "subscription_id": ctx.subscription_id,
-            "session_id": ctx.session_id, "model_id": ctx.model_id, "model_name": ctx.model_name,
+            "session_id": str(ctx.session_id), "model_id": str(ctx.model_id), "model_name": ctx.model_name,
             "progression_stage": ctx.progression_stage, "timestamp": stamp, "track_id": cycle.track_id,
             "filename": f"{cycle.track_id}_{stamp}.jpg", "image_key": None,
             "class": cycle.vehicle_class, "confidence": round(cycle.detections[cycle.vehicle_class].confidence, 4),

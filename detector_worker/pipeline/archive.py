@@ -31,7 +31,7 @@ from datetime import UTC, datetime
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-from ..urls import opener_for
+from ..urls import mask_url, opener_for
 from .schema import PipelineConfig, PipelineConfigError, parse_pipeline
 
 PIPELINE_FILE = "pipeline.json"
@@ -53,11 +53,7 @@ def _sha256_text(text: str) -> str:
 
 def _label(url: str) -> str:
     """The URL for messages and logs, without credentials or query tokens (presigned URLs)."""
-    parts = urllib.parse.urlsplit(url)
-    if not parts.netloc:
-        return url
-    query = "?..." if parts.query else ""
-    return f"{parts.scheme}://{parts.netloc.rpartition('@')[2]}{parts.path}{query}"
+    return mask_url(url, hide_query=True)
 
 
 def _cache_key(model_id: int | str | None, url: str) -> str:

@@ -19,8 +19,8 @@ from typing import Literal
 import numpy as np
 
 from ..imaging import Image, crop, resize_to
-from .models import Classifier, Detection, Detector, load_classifier, load_detector
-from .schema import Node, PipelineConfig, Tracking
+from .models import Classifier, DetectedObject, Detector, load_classifier, load_detector
+from .schema import Node, PipelineConfig, ResultRole, Tracking
 from .tracking import Box, IouTracker, Track, iou
 
 Backend = Literal["onnx", "ultralytics"]
@@ -32,17 +32,15 @@ class BranchResult:
     model_id: str
     label: str | None  # None when below the branch's minConfidence
     confidence: float
+    role: ResultRole | None = None  # the node's result role (`PipelineConfig.result_roles`)
 
     @property
     def fields(self) -> dict[str, object]:
         """What templates can read as `{<modelId>.<field>}`; `brand`/`body_type` alias `class`
-        for models named like the backend's brand and body-type classifiers."""
+        for the branch with that result role."""
         out: dict[str, object] = {"class": self.label, "label": self.label, "confidence": round(self.confidence, 4)}
-        lowered = self.model_id.lower()
-        if "brand" in lowered:
-            out["brand"] = self.label
-        if "bodytype" in lowered or "body_type" in lowered:
-            out["body_type"] = self.label
+        if self.role is not None:
+            out[self.role] = self.label
         return out
 
 
@@ -53,13 +51,17 @@ class VehicleCycle:
     track_id: int
     captured_at: float
     vehicle_class: str
-    detections: dict[str, Detection]  # best detection of each class belonging to this vehicle
+    detections: dict[str, DetectedObject]  # best detection of each class belonging to this vehicle
     branches: dict[str, BranchResult]
     crops: dict[str, Image]  # region class → pixels, kept for the image actions until written
     inference_ms: float
 
     def field_values(self) -> dict[str, dict[str, object]]:
         return {model_id: result.fields for model_id, result in self.branches.items()}
+
+    def with_role(self, role: ResultRole) -> BranchResult | None:
+        """The branch result with that result role (the first, for older archives guessing two)."""
+        return next((b for b in self.branches.values() if b.role == role), None)
 
 
 @dataclass
@@ -70,8 +72,6 @@ class _Fired:
 
 @dataclass
 class LaneStats:
-    frames: int = 0
-    cycles: int = 0
     inference_ms: float = 0.0  # last frame's detector + branches time
 
 
@@ -89,24 +89,31 @@ class PipelineInstance:
         for node in self.root.walk()[1:]:
             self.classifiers[node.model_id] = load_classifier(model_dir / node.model_file,
                                                               **options)  # type: ignore[arg-type]
+        self.roles = {model_id: role for model_id, (role, _) in config.result_roles().items()}
+        guessed = [f"{model_id} (as {role!r})" for model_id, (role, was_guessed) in config.result_roles().items()
+                   if was_guessed]
+        if guessed:
+            self.log.warning("pipeline %s: result role guessed from the modelId of %s; add \"resultRole\": "
+                             "\"brand\" or \"body_type\" to that node in pipeline.json, so a renamed model keeps "
+                             "its role", self.root.model_id, ", ".join(guessed))
         parallel = sum(1 for n in self.root.walk() if n.parallel)
         self._pool = ThreadPoolExecutor(max_workers=max(1, parallel), thread_name_prefix="branch")
 
     def close(self) -> None:
         self._pool.shutdown(wait=True, cancel_futures=True)
 
-    def detect(self, image: Image) -> list[Detection]:
+    def detect(self, image: Image) -> list[DetectedObject]:
         floor = self.root.confidence_floor
         triggers = set(self.root.trigger_classes)
         return [d for d in self.detector.detect(image, floor) if d.label in triggers and d.confidence >= floor]
 
-    def run_branches(self, frame: Image, detections: dict[str, Detection]) -> dict[str, BranchResult]:
+    def run_branches(self, frame: Image, detections: dict[str, DetectedObject]) -> dict[str, BranchResult]:
         """Run every branch whose trigger classes fired, on its crop; parallel ones concurrently."""
         results: dict[str, BranchResult] = {}
         self._run_children(self.root, frame, detections, results)
         return results
 
-    def _run_children(self, node: Node, frame: Image, detections: dict[str, Detection],
+    def _run_children(self, node: Node, frame: Image, detections: dict[str, DetectedObject],
                       results: dict[str, BranchResult]) -> None:
         pending: list[tuple[Node, Future[BranchResult | None]]] = []
         for branch in node.branches:
@@ -119,7 +126,7 @@ class PipelineInstance:
         for branch, future in pending:
             self._record(branch, future.result(), frame, detections, results)
 
-    def _record(self, branch: Node, result: BranchResult | None, frame: Image, detections: dict[str, Detection],
+    def _record(self, branch: Node, result: BranchResult | None, frame: Image, detections: dict[str, DetectedObject],
                 results: dict[str, BranchResult]) -> None:
         if result is None:
             return
@@ -127,7 +134,7 @@ class PipelineInstance:
         if result.label is not None:
             self._run_children(branch, frame, detections, results)
 
-    def _classify(self, branch: Node, frame: Image, detections: dict[str, Detection]) -> BranchResult | None:
+    def _classify(self, branch: Node, frame: Image, detections: dict[str, DetectedObject]) -> BranchResult | None:
         region_class = branch.crop_class if branch.crop else None
         if region_class is not None and region_class not in detections:
             return None
@@ -138,7 +145,7 @@ class PipelineInstance:
             patch = resize_to(patch, branch.resize_target)
         result = self.classifiers[branch.model_id].classify(np.ascontiguousarray(patch))
         label = result.label if result.confidence >= branch.confidence_floor else None
-        return BranchResult(branch.model_id, label, result.confidence)
+        return BranchResult(branch.model_id, label, result.confidence, self.roles.get(branch.model_id))
 
 
 def _contains(outer: Box, inner: Box) -> float:
@@ -158,7 +165,7 @@ class Lane:
     def __post_init__(self) -> None:
         root = self.pipeline.root
         stability = root.stability_threshold or 5
-        tracking = root.tracking if isinstance(root.tracking, Tracking) else Tracking()
+        tracking = root.tracking or Tracking()
         self.tracker = IouTracker(match_iou=tracking.iou_threshold, max_missed=tracking.max_age,
                                   stability_frames=stability)
         self.vehicle_class = "Car" if "Car" in root.trigger_classes else root.trigger_classes[0]
@@ -173,7 +180,7 @@ class Lane:
             ox, oy = self.crop_box[0], self.crop_box[1]
             view = crop(frame, self.crop_box)
         detections = [
-            Detection((d.box[0] + ox, d.box[1] + oy, d.box[2] + ox, d.box[3] + oy), d.label, d.confidence)
+            DetectedObject((d.box[0] + ox, d.box[1] + oy, d.box[2] + ox, d.box[3] + oy), d.label, d.confidence)
             for d in self.pipeline.detect(view)
         ] if view.size else []
         vehicles = [d for d in detections if d.label == self.vehicle_class]
@@ -198,14 +205,12 @@ class Lane:
             cycles.append(VehicleCycle(track.track_id, captured_at, self.vehicle_class, own, branches, crops,
                                        (time.perf_counter() - start) * 1000))
         self._forget(now)
-        self.stats.frames += 1
-        self.stats.cycles += len(cycles)
         self.stats.inference_ms = (time.perf_counter() - start) * 1000
         return cycles
 
-    def _belonging(self, track: Track, detections: list[Detection]) -> dict[str, Detection]:
+    def _belonging(self, track: Track, detections: list[DetectedObject]) -> dict[str, DetectedObject]:
         """The best detection of each class that lies inside this vehicle (the vehicle itself included)."""
-        own: dict[str, Detection] = {self.vehicle_class: Detection(track.box, self.vehicle_class, track.confidence)}
+        own = {self.vehicle_class: DetectedObject(track.box, self.vehicle_class, track.confidence)}
         for d in sorted(detections, key=lambda d: -d.confidence):
             if d.label != self.vehicle_class and d.label not in own and _contains(track.box, d.box) >= 0.6:
                 own[d.label] = d

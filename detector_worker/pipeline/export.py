@@ -23,6 +23,7 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
+from ..proc import die_with_parent
 from .models import EXPORT_MODULE, ModelLoadError, onnx_path
 
 log = logging.getLogger(EXPORT_MODULE)  # not __name__: that is "__main__" under -m
@@ -91,18 +92,6 @@ def prepare_archive_dir(directory: Path) -> list[Path]:
     return [ensure_onnx(pt) for pt in model_files(directory)]
 
 
-def _die_with_parent() -> None:
-    """Get SIGKILL when the worker that started us dies: a kill -9'd worker leaves no exporter behind.
-    Called by the child itself (a preexec_fn would not be safe in the threaded worker)."""
-    import ctypes
-
-    parent = os.getppid()
-    pr_set_pdeathsig = 1
-    ctypes.CDLL("libc.so.6", use_errno=True).prctl(pr_set_pdeathsig, signal.SIGKILL)
-    if os.getppid() != parent:  # the parent died before prctl took effect
-        raise SystemExit(1)
-
-
 def export_in_subprocess(directory: Path, *, timeout: float = 600.0) -> list[Path]:
     """Run the export CLI in a child process (torch stays out of the caller); the `.onnx` paths it made.
 
@@ -127,7 +116,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("directory", type=Path, help="an extracted pipeline archive")
     args = parser.parse_args(argv)
-    _die_with_parent()
+    die_with_parent(signal.SIGKILL)  # a kill -9'd worker leaves no exporter behind
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(name)s: %(message)s")
     try:
         for path in prepare_archive_dir(args.directory):

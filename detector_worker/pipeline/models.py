@@ -1,7 +1,7 @@
 """The model interface the pipeline engine uses: detectors and classifiers, whatever runs them.
 
-Deliberately torch-free: a worker loads ONNX Runtime models (about 130 MB per process instead of
-765 MB with torch, see /work/shared/FACTS.md). The Ultralytics backend is there for comparison and
+Deliberately torch-free: a worker loads ONNX Runtime models (we measured 140 MB PSS per worker
+against 789 MB on the torch path, bench/results/README.md). The Ultralytics backend is there for comparison and
 debugging and imports torch only when chosen. Both backends take BGR uint8 images (OpenCV's
 convention) and give the same results (tests/pipeline/test_equivalence.py).
 """
@@ -26,7 +26,9 @@ class ModelLoadError(Exception):
 
 
 @dataclass(frozen=True, slots=True)
-class Detection:
+class DetectedObject:
+    """One box the detector found (not a message: the bus sends `DisplayDetection`)."""
+
     box: tuple[float, float, float, float]  # x1, y1, x2, y2 in input-image pixels, clipped to the image
     label: str
     confidence: float
@@ -42,7 +44,7 @@ class Classification:
 class Detector(Protocol):
     labels: tuple[str, ...]
 
-    def detect(self, image: Image, min_confidence: float) -> list[Detection]:
+    def detect(self, image: Image, min_confidence: float) -> list[DetectedObject]:
         """Detections with confidence > min_confidence, best first, after class-aware NMS."""
         ...
 

@@ -18,7 +18,7 @@ import onnxruntime as ort
 
 from ..imaging import Image
 from . import preprocess
-from .models import Classification, Detection, ModelLoadError, classification_from_probabilities
+from .models import Classification, DetectedObject, ModelLoadError, classification_from_probabilities
 
 log = logging.getLogger(__name__)
 CPU = "CPUExecutionProvider"
@@ -111,12 +111,12 @@ class OnnxDetector:
         if len(out) != 3 or out[1] != 4 + len(self.labels):
             raise ModelLoadError(f"{path}: output shape {out} is not (1, 4+{len(self.labels)}, N): export without nms")
 
-    def detect(self, image: Image, min_confidence: float) -> list[Detection]:
+    def detect(self, image: Image, min_confidence: float) -> list[DetectedObject]:
         if not 0.0 <= min_confidence <= 1.0:
             raise ValueError(f"min_confidence must be within [0, 1], got {min_confidence}")
         tensor, box = preprocess.letterbox(image, self._model.imgsz)
         found = preprocess.decode(self._model.run(tensor), min_confidence, box, image.shape[:2])
-        return [Detection(xyxy, self.labels[cls], conf) for xyxy, cls, conf in found]
+        return [DetectedObject(xyxy, self.labels[cls], conf) for xyxy, cls, conf in found]
 
 
 class OnnxClassifier:

@@ -3,7 +3,10 @@
 Every node key of the format is known here; an unknown key, a wrong type, a missing model
 file or a template that names an unknown variable or branch is one `PipelineConfigError`
 whose message names the key and its path in the tree, e.g.
-`pipeline.branches[1].resizeTarget: ...`.
+`pipeline.branches[1].resizeTarget: ...`. A key that means something at one level only (the
+root detector's `tracking`, `stabilityThreshold`, `multiClass`, `expectedClasses`; a classifier
+branch's `crop`, `cropClass`, `resizeTarget`, `parallel`, `resultRole`) is refused at the other
+level rather than silently ignored.
 """
 
 from __future__ import annotations
@@ -21,6 +24,10 @@ CONTEXT_VARIABLES = frozenset({
     "model_id", "model_name", "track_id", "class", "confidence", "progression_stage",
 })
 BRANCH_FIELDS = frozenset({"class", "label", "confidence", "brand", "body_type"})
+# What a classifier's result means to the backend: `VehicleResult.brand`/`body_type`, and the
+# `{<modelId>.brand}`/`{<modelId>.body_type}` template aliases of its class.
+ResultRole = Literal["brand", "body_type"]
+RESULT_ROLES: tuple[ResultRole, ...] = ("brand", "body_type")
 # `{name}` or `{modelId.field}`; other braces (a JSON message template's own) are literal text
 PLACEHOLDER = re.compile(r"\{([A-Za-z0-9_][A-Za-z0-9_.-]*)\}")
 
@@ -84,9 +91,30 @@ Action = Annotated[RedisSaveImage | RedisPublish | PostgresUpdateCombined, Field
 
 
 class Tracking(_Strict):
-    enabled: bool = True
+    """The root node's vehicle tracker. It cannot be turned off: a detection cycle runs once per
+    tracked, stable vehicle, so `enabled` is accepted only as true (and `tracking: true` means the
+    defaults)."""
+
+    enabled: Literal[True] = True
     iou_threshold: float = Field(0.3, gt=0, lt=1, alias="iouThreshold")
     max_age: int = Field(10, ge=1, alias="maxAge")  # frames a track survives unseen
+
+
+# Keys that mean something at one level of the tree only: elsewhere they are refused, not ignored.
+_ROOT_ONLY = {"stability_threshold": "stabilityThreshold", "multi_class": "multiClass",
+              "expected_classes": "expectedClasses", "tracking": "tracking"}
+_BRANCH_ONLY = {"crop": "crop", "crop_class": "cropClass", "resize_target": "resizeTarget", "parallel": "parallel",
+                "result_role": "resultRole"}
+
+
+def guess_role(model_id: str) -> ResultRole | None:
+    """The role an archive without `resultRole` gets from its modelId's words (the old rule)."""
+    lowered = model_id.lower()
+    if "brand" in lowered:
+        return "brand"
+    if "bodytype" in lowered or "body_type" in lowered:
+        return "body_type"
+    return None
 
 
 class Node(_Strict):
@@ -103,8 +131,19 @@ class Node(_Strict):
     crop_class: str | None = Field(None, alias="cropClass")
     resize_target: tuple[int, int] | None = Field(None, alias="resizeTarget")
     parallel: bool = False
-    tracking: Tracking | bool | None = None
+    tracking: Tracking | None = None  # the root's only (see _check_semantics)
+    result_role: ResultRole | None = Field(None, alias="resultRole")
     stability_threshold: int | None = Field(None, ge=1, le=10_000, alias="stabilityThreshold")
+
+    @field_validator("tracking", mode="before")
+    @classmethod
+    def _tracking_flag(cls, value: Any) -> Any:
+        if value is True:
+            return {}
+        if value is False:
+            raise ValueError("tracking cannot be turned off: a detection cycle runs once per tracked vehicle "
+                             "(remove the key, or give {\"iouThreshold\": ..., \"maxAge\": ...})")
+        return value
 
     @field_validator("model_file")
     @classmethod
@@ -137,6 +176,21 @@ class PipelineConfig(_Strict):
     postgresql: PostgresConfig | None = None
     pipeline: Node
 
+    def result_roles(self) -> dict[str, tuple[ResultRole, bool]]:
+        """modelId → (role, guessed) of every classifier branch that has a result role.
+
+        A node's `resultRole` decides; a node without one (archives made before the key) gets the
+        role its modelId's words suggest, unless another node claims that role explicitly.
+        """
+        branches = self.pipeline.walk()[1:]
+        roles = {n.model_id: (n.result_role, False) for n in branches if n.result_role is not None}
+        claimed = {role for role, _ in roles.values()}
+        for node in branches:
+            guess = guess_role(node.model_id) if node.result_role is None else None
+            if guess is not None and guess not in claimed:
+                roles[node.model_id] = (guess, True)
+        return roles
+
 
 def _path(loc: tuple[int | str, ...], data: Any) -> str:
     """Turn pydantic's location into `pipeline.branches[1].resizeTarget` (JSON key names)."""
@@ -144,7 +198,7 @@ def _path(loc: tuple[int | str, ...], data: Any) -> str:
     for part in loc:
         if isinstance(part, int):
             out += f"[{part}]"
-        elif part in ("redis_save_image", "redis_publish", "postgresql_update_combined", "Node", "Tracking", "bool"):
+        elif part in ("redis_save_image", "redis_publish", "postgresql_update_combined", "Node", "Tracking"):
             continue  # union member tags pydantic adds to the location
         else:
             out += ("." if out else "") + str(part)
@@ -170,10 +224,25 @@ def _check_semantics(config: PipelineConfig, model_dir: Path | None) -> None:
     if dupes:
         raise PipelineConfigError(f"pipeline: modelId {sorted(dupes)[0]!r} is used by more than one node")
     known = set(ids)
+    for name, key in _BRANCH_ONLY.items():  # the root detector sees the whole (lane's) frame, always first
+        if getattr(config.pipeline, name) not in (None, False):
+            raise PipelineConfigError(f"pipeline.{key}: the root node is the detector; {key} is for classifier "
+                                      f"branches (remove it here)")
+    for role in RESULT_ROLES:
+        holders = [n.model_id for n in nodes if n.result_role == role]
+        if len(holders) > 1:
+            raise PipelineConfigError(f"pipeline: resultRole {role!r} is given to more than one node "
+                                      f"({', '.join(holders)})")
+    roles = {model_id: role for model_id, (role, _) in config.result_roles().items()}
 
     def check(node: Node, where: str) -> None:
         if model_dir is not None and not (model_dir / node.model_file).is_file():
             raise PipelineConfigError(f"{where}.modelFile: {node.model_file!r} is not in the archive")
+        if where != "pipeline":
+            for name, key in _ROOT_ONLY.items():
+                if getattr(node, name) not in (None, False, []):
+                    raise PipelineConfigError(f"{where}.{key}: only the root node tracks vehicles and decides when "
+                                              f"they are stable; remove it here")
         if node.crop and node.crop_class is None and where != "pipeline":
             raise PipelineConfigError(f"{where}.cropClass: required when crop is true")
         for group in ("actions", "parallelActions"):
@@ -189,6 +258,10 @@ def _check_semantics(config: PipelineConfig, model_dir: Path | None) -> None:
                                 raise PipelineConfigError(
                                     f"{where}.{group}[{i}].{key}: unknown field {field!r} of branch {branch!r} "
                                     f"(known: {', '.join(sorted(BRANCH_FIELDS))})")
+                            if field in RESULT_ROLES and roles.get(branch) != field:
+                                raise PipelineConfigError(
+                                    f"{where}.{group}[{i}].{key}: {{{name}}} needs branch {branch!r} to have "
+                                    f"\"resultRole\": \"{field}\"")
                         elif name not in CONTEXT_VARIABLES:
                             raise PipelineConfigError(f"{where}.{group}[{i}].{key}: unknown template variable "
                                                       f"{{{name}}} (known: {', '.join(sorted(CONTEXT_VARIABLES))})")

@@ -11,6 +11,9 @@ Rules, per display:
   written when an id arrives;
 - when a session ends, its vehicle is done: it has had its cycle and, still in view, never
   triggers again (the lane guarantees one cycle per vehicle visit); a new vehicle does.
+
+Session ids are kept as the backend sent them (an integer stays an integer: it gets it back so);
+Redis keys, templates and PostgreSQL get their text.
 """
 
 from __future__ import annotations
@@ -26,14 +29,14 @@ from .engine import VehicleCycle
 
 @dataclass(frozen=True)
 class Written:
-    session_id: str
+    session_id: int | str
     track_id: int
     image_key: str | None
     cycle: VehicleCycle
 
 
 class DisplaySession:
-    def __init__(self, camera_id: str, display_id: str, subscription_id: str, model_id: str, model_name: str,
+    def __init__(self, camera_id: str, display_id: str, subscription_id: str, model_id: int | str, model_name: str,
                  actions: ActionRunner, log: logging.Logger, pending_ttl_s: float = 300.0) -> None:
         self.camera_id = camera_id
         self.display_id = display_id
@@ -43,7 +46,7 @@ class DisplaySession:
         self.actions = actions
         self.log = log
         self.pending_ttl_s = pending_ttl_s
-        self.session_id: str | None = None
+        self.session_id: int | str | None = None
         self.progression_stage: str | None = None
         self.bound_track: int | None = None
         self._pending: tuple[VehicleCycle, float] | None = None
@@ -70,7 +73,7 @@ class DisplaySession:
                           cycle.track_id, self._pending[0].track_id)
         self._pending = (cycle, time.monotonic())
 
-    def set_session(self, session_id: str | None) -> None:
+    def set_session(self, session_id: int | str | None) -> None:
         if session_id == self.session_id:
             return
         if self.session_id is not None:

@@ -21,10 +21,6 @@ from psycopg2 import sql
 from .schema import PostgresConfig, RedisConfig
 from .stores import StoreWriter
 
-# The original backend's results table; other tables get the key, display, timestamps and fields.
-CAR_FRONTAL_INFO_COLUMNS = ("display_id", "captured_timestamp", "session_id", "license_character", "license_type",
-                            "car_brand", "car_model", "car_body_type", "updated_at")
-
 
 @dataclass(frozen=True)
 class SaveImage:

@@ -12,7 +12,7 @@ from typing import Any
 
 from ..imaging import Image
 from ..synthetic.offline import prepare_ultralytics
-from .models import Classification, Detection, ModelLoadError, classification_from_probabilities
+from .models import Classification, DetectedObject, ModelLoadError, classification_from_probabilities
 
 prepare_ultralytics()  # offline, project-local settings: before the first `import ultralytics`
 
@@ -54,7 +54,7 @@ class UltralyticsDetector:
     def __init__(self, path: Path, *, threads: int = 1) -> None:
         self._model, self.labels, self._imgsz = _load(path, "detect", threads)
 
-    def detect(self, image: Image, min_confidence: float) -> list[Detection]:
+    def detect(self, image: Image, min_confidence: float) -> list[DetectedObject]:
         if not 0.0 <= min_confidence <= 1.0:
             raise ValueError(f"min_confidence must be within [0, 1], got {min_confidence}")
         # rect=False: YOLO.predict defaults to a minimum-rectangle letterbox (320x256 for 4:3) on .pt models;
@@ -62,7 +62,7 @@ class UltralyticsDetector:
         # differs by 32 px there, which moved edge-cut vehicles' confidence by up to 0.08.
         result = self._model.predict(image, imgsz=self._imgsz, conf=min_confidence, rect=False, verbose=False)[0]
         boxes = result.boxes
-        return [Detection((float(b[0]), float(b[1]), float(b[2]), float(b[3])), self.labels[int(c)], float(p))
+        return [DetectedObject((float(b[0]), float(b[1]), float(b[2]), float(b[3])), self.labels[int(c)], float(p))
                 for b, c, p in zip(boxes.xyxy.tolist(), boxes.cls.tolist(), boxes.conf.tolist(), strict=True)]
 
 

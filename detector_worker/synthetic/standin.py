@@ -48,10 +48,10 @@ def standin_pipeline(brand_size: int, body_size: int) -> dict[str, Any]:
             "branches": [
                 {"modelId": BRAND, "modelFile": f"{BRAND}.pt", "crop": True, "cropClass": "Frontal",
                  "resizeTarget": [brand_size, brand_size], "triggerClasses": ["Frontal"],
-                 "minConfidence": 0.5, "parallel": True, "branches": []},
+                 "resultRole": "brand", "minConfidence": 0.5, "parallel": True, "branches": []},
                 {"modelId": BODY, "modelFile": f"{BODY}.pt", "crop": True, "cropClass": "Car",
                  "resizeTarget": [body_size, body_size], "triggerClasses": ["Car"],
-                 "minConfidence": 0.5, "parallel": True, "branches": []},
+                 "resultRole": "body_type", "minConfidence": 0.5, "parallel": True, "branches": []},
             ],
             "parallelActions": [
                 {"type": "postgresql_update_combined", "table": "car_frontal_info",

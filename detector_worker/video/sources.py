@@ -11,7 +11,6 @@ from __future__ import annotations
 import logging
 import math
 import os
-import re
 import threading
 import time
 import urllib.error
@@ -25,6 +24,7 @@ import cv2
 import numpy as np
 from numpy.typing import NDArray
 
+from ..urls import mask_url as mask_url  # re-exported: the sources' callers import it from here
 from ..urls import opener_for
 
 log = logging.getLogger(__name__)
@@ -56,33 +56,6 @@ class FrameSource(Protocol):
     def close(self) -> None: ...
     def interrupt(self) -> None: ...
     def describe(self) -> str: ...
-
-
-_SCHEME = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
-_HOST_PORT = re.compile(r"(\[[0-9A-Fa-f:.]*\]|[^:@\[\]]*)(:\d*)?")
-_DELIMS = re.compile(r"[/?#]")
-_SECRET_KEY = re.compile(r"pass|pwd|token|secret|key|auth|sig|cred|^user|^usr|^login", re.IGNORECASE)
-
-
-def mask_url(url: str) -> str:
-    """The URL with its user:password@ and secret-looking query values replaced by ***."""
-    m = _SCHEME.match(url)
-    if m is None:
-        return url
-    prefix, rest = url[: m.end()], url[m.end() :]
-    first_at = rest.find("@")
-    if first_at >= 0:
-        authority = _DELIMS.split(rest, maxsplit=1)[0]
-        # An unescaped / ? # inside the password ends the parsed authority early; a host:port
-        # that does not parse as one is treated as credentials too (over-masking is harmless).
-        if "@" in authority or not _HOST_PORT.fullmatch(authority):
-            end = _DELIMS.search(rest, first_at)
-            rest = "***@" + rest[rest.rfind("@", 0, end.start() if end else len(rest)) + 1 :]
-    path, sep, query = rest.partition("?")
-    if sep:
-        parts = [p.partition("=") for p in query.split("&")]
-        query = "&".join(k + "=***" if eq and _SECRET_KEY.search(k) else k + eq + v for k, eq, v in parts)
-    return prefix + path + sep + query
 
 
 def _bgr(image: object) -> BgrImage | None:

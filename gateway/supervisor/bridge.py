@@ -168,6 +168,32 @@ class SupervisorBridge:
         await self._stop(name)
         self._keep_stopped.discard(name)
 
+    # -- one program, on request (an operator, a hung worker, a changed process setting) --------------
+    async def start(self, name: str) -> None:
+        """Start a stopped program (an operator's Start); raises SupervisorError/Unavailable."""
+        async with self._lock:
+            self._keep_stopped.discard(name)
+            try:
+                await self.client.start(name, wait=False)
+            except SupervisorError as err:
+                if err.fault != "ALREADY_STARTED":
+                    raise
+
+    async def stop(self, name: str) -> None:
+        """Stop a program and keep it stopped across config changes, as `supervisorctl stop` does."""
+        async with self._lock:
+            await self._stop(name)
+
+    async def restart(self, name: str) -> None:
+        """Stop (waiting for it) and start again: a new process, the same program."""
+        async with self._lock:
+            await self._stop(name)
+            try:
+                await self.client.start(name, wait=False)
+            except SupervisorError as err:
+                if err.fault != "ALREADY_STARTED":
+                    raise
+
     async def adopt_or_clean(self, specs_dir: Path, *, kill_after_s: float = 3.0) -> list[int]:
         """End worker processes for `specs_dir` that the running supervisord did not start.
 

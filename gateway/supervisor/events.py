@@ -1,6 +1,10 @@
 """supervisord event listener: forwards PROCESS_STATE events to the gateway over ZeroMQ.
 
-    python -m gateway.supervisor.events --push tcp://127.0.0.1:5603
+    python -m gateway.supervisor.events --push tcp://127.0.0.1:5601
+
+Its `[eventlistener:camera-events]` section is rendered by `programs.render_eventlistener` (the
+shipped one is conf/fleet.d/events.conf). This module imports no more than it needs: it runs in
+its own process next to supervisord.
 
 Each event becomes one JSON message on a PUSH socket (the gateway binds the PULL end):
 
@@ -36,12 +40,9 @@ import sys
 import threading
 import time
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any, BinaryIO
 
 import zmq
-
-from .programs import EVENTLISTENER_NAME, UnsafeValue, quote_arg, quote_path
 
 log = logging.getLogger("gateway.supervisor.events")
 _STATE_PREFIX = "PROCESS_STATE_"
@@ -119,7 +120,7 @@ def _knock(url: str, interval_s: float) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="Forward supervisord PROCESS_STATE events to the gateway.")
-    parser.add_argument("--push", required=True, help="the gateway's PULL endpoint, e.g. tcp://127.0.0.1:5603")
+    parser.add_argument("--push", required=True, help="the gateway's PULL endpoint, e.g. tcp://127.0.0.1:5601")
     parser.add_argument("--wake-interval", type=float, default=0.25, metavar="SECONDS",
                         help="wake supervisord's loop this often so events are not held up to 2 s (0: never)")
     args = parser.parse_args(argv)
@@ -140,35 +141,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     finally:
         sock.close()
         context.term()
-
-
-def render_eventlistener(python: Path | str, push_endpoint: str, project_dir: Path, log_file: Path, *,
-                         wake_interval_s: float = 0.25) -> str:
-    """The `[eventlistener:camera-events]` section running this module; values are validated like programs'."""
-    if not 0 <= wake_interval_s <= 60:
-        raise UnsafeValue("wake_interval_s", f"{wake_interval_s} is out of range")
-    command = " ".join([quote_arg("python", str(python)), "-m", "gateway.supervisor.events",
-                        "--push", quote_arg("push_endpoint", push_endpoint), f"--wake-interval={wake_interval_s:g}"])
-    return "\n".join([
-        "; Written by the gateway (gateway/supervisor/events.py); edits are overwritten.",
-        f"[eventlistener:{EVENTLISTENER_NAME}]",
-        f"command={command}",
-        f"directory={quote_path('project_dir', project_dir)}",
-        "events=PROCESS_STATE",
-        "buffer_size=1000",
-        'environment=PYTHONUNBUFFERED="1"',
-        "autostart=true",
-        "autorestart=true",
-        "startsecs=1",  # events wait in supervisord's buffer until the listener is RUNNING
-        "startretries=10",
-        "stopsignal=TERM",
-        "stopwaitsecs=5",
-        "stdout_logfile=NONE",  # stdout is the protocol channel
-        f"stderr_logfile={quote_path('log_file', log_file)}",
-        "stderr_logfile_maxbytes=10MB",
-        "stderr_logfile_backups=3",
-        "",
-    ])
 
 
 if __name__ == "__main__":

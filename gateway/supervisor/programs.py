@@ -1,24 +1,29 @@
 """One supervisord `[program:]` file per camera, rendered only from validated values.
 
-supervisord's config is not a safe place for network input (see FACTS.md): `%` interpolates,
-a newline or quote can inject a whole `[program:]` section, `;`/`#` start comments, and one
-unparsable include file blocks every reload. So nothing is escaped here: anything that is not
-plainly safe is rejected (`UnsafeValue`), and files are replaced atomically so supervisord never
-reads half a file.
+supervisord's config is not a safe place for network input: `%` starts an interpolation (an
+unknown `%(name)s` makes the whole file unparsable), a newline or a quote can inject a whole
+`[program:]` section, `;`/`#` start comments, and one unparsable include file makes every later
+`reread`/`update` fail for all programs. So nothing is escaped here: anything that is not plainly
+safe is rejected (`UnsafeValue`), and files are replaced atomically so supervisord never reads
+half a file.
+
+The fleet's fixed `[eventlistener:camera-events]` section comes from `render_eventlistener`, under
+the same rules; the shipped `conf/fleet.d/events.conf` is its output for `shipped_eventlistener()`
+(written by `scripts/render_fleet_conf.py`, compared by the tests).
 """
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
-import os
+import math
 import re
 import shlex
-import tempfile
 from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+from detector_worker.config.spec import BusSettings
+from detector_worker.files import atomic_write, fsync_dir
 from detector_worker.naming import camera_slug
 
 PREFIX = "camera-"
@@ -55,7 +60,7 @@ class ProgramSpec:
     startretries: int = 5
     stopwaitsecs: int = 5
     autostart: bool = True
-    stdout_logfile_maxbytes: str = "10MB"
+    stdout_logfile_maxbytes: str = "10MB"  # like 10MB / 512KB; from an MB setting: size_for_supervisord(mb)
     stdout_logfile_backups: int = 3
 
     def __post_init__(self) -> None:
@@ -75,8 +80,15 @@ def program_for_camera(
     project_dir: Path,
     log_dir: Path,
     environment: Mapping[str, str] | None = None,
+    stdout_logfile: Path | None = None,
+    log_max_mb: float = 10,
+    log_backups: int = 3,
 ) -> ProgramSpec:
-    """The worker program for one (untrusted) camera id; only its slug ever reaches the file."""
+    """The worker program for one (untrusted) camera id; only its slug ever reaches the file.
+
+    The worker's output goes to `stdout_logfile` (`<log_dir>/<program>.log` by default), which
+    supervisord rotates at `log_max_mb` keeping `log_backups` old files.
+    """
     slug = camera_slug(camera_id)
     if f"{PREFIX}{slug}" in RESERVED_NAMES:  # e.g. a camera called "events": keep it stable and unique
         slug = f"{slug}-{hashlib.sha256(camera_id.encode()).hexdigest()[:10]}"
@@ -86,7 +98,9 @@ def program_for_camera(
         command=[str(python), "-m", "detector_worker.cli", "--spec", str(spec_path)],
         directory=project_dir,
         environment={"PYTHONUNBUFFERED": "1", **(environment or {})},
-        stdout_logfile=log_dir / f"{name}.log",
+        stdout_logfile=stdout_logfile if stdout_logfile is not None else log_dir / f"{name}.log",
+        stdout_logfile_maxbytes=size_for_supervisord(log_max_mb),
+        stdout_logfile_backups=log_backups,
     )
 
 
@@ -153,35 +167,101 @@ def render(spec: ProgramSpec) -> str:
     ])
 
 
+def size_for_supervisord(mb: float) -> str:
+    """A size setting in MB (may be fractional) as supervisord writes sizes: whole MB as `100MB`,
+    anything else rounded up to whole KB (`0.5` → `512KB`). Refuses anything that is not a
+    finite size above 0 and up to 1 TB (supervisord reads `0` as "never rotate")."""
+    if isinstance(mb, bool) or not isinstance(mb, (int, float)) or not math.isfinite(mb) or not 0 < mb <= 1 << 20:
+        raise UnsafeValue("size", f"{mb!r} MB is not a size above 0 and up to 1 TB")
+    kb = math.ceil(round(mb * 1024, 6))  # round first: 100.0000000001 MB must not become 102401KB
+    return f"{kb // 1024}MB" if kb % 1024 == 0 else f"{kb}KB"
+
+
+# -- the event listener ---------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Here:
+    """A path relative to the directory of the config file that holds it, rendered `%(here)s/<relative>`.
+
+    For files shipped in the repository (conf/fleet.d/), which cannot name this machine's paths.
+    `%(here)s` is the one interpolation the renderer writes, and it writes it itself: `relative`
+    is checked like any other argument (no `%`, no spaces, not absolute).
+    """
+
+    relative: str
+
+
+def _location(field_name: str, value: Path | Here) -> str:
+    if isinstance(value, Here):
+        if value.relative.startswith("/"):
+            raise UnsafeValue(field_name, f"{value.relative[:80]!r} must be relative to the config file")
+        return f"%(here)s/{quote_arg(field_name, value.relative)}"
+    return quote_path(field_name, value)
+
+
+@dataclass(frozen=True)
+class EventListenerSpec:
+    """The `[eventlistener:camera-events]` section: `python -m gateway.supervisor.events`."""
+
+    python: Path | Here
+    push_endpoint: str  # the gateway's PULL socket
+    directory: Path | Here
+    stderr_logfile: Path | Here  # the listener's own log; its stdout is supervisord's protocol channel
+    wake_interval_s: float = 0.25
+    stderr_logfile_maxbytes: str = "10MB"
+    stderr_logfile_backups: int = 3
+
+
+def render_eventlistener(spec: EventListenerSpec) -> str:
+    """The complete `[eventlistener:camera-events]` section; raises `UnsafeValue` rather than escape anything."""
+    if not (math.isfinite(spec.wake_interval_s) and 0 <= spec.wake_interval_s <= 60):
+        raise UnsafeValue("wake_interval_s", f"{spec.wake_interval_s} is out of range")
+    if not 0 <= spec.stderr_logfile_backups <= 1000:
+        raise UnsafeValue("stderr_logfile_backups", f"{spec.stderr_logfile_backups} is out of range")
+    if not _SIZE.fullmatch(spec.stderr_logfile_maxbytes):
+        raise UnsafeValue("stderr_logfile_maxbytes", f"{spec.stderr_logfile_maxbytes[:40]!r} is not like 10MB")
+    command = " ".join([_location("python", spec.python), "-m", "gateway.supervisor.events",
+                        "--push", quote_arg("push_endpoint", spec.push_endpoint),
+                        f"--wake-interval={spec.wake_interval_s:g}"])
+    return "\n".join([
+        "; Rendered by gateway/supervisor/programs.py (render_eventlistener); do not edit: the shipped",
+        "; conf/fleet.d/events.conf is regenerated by scripts/render_fleet_conf.py.",
+        "; supervisord's PROCESS_STATE events, pushed to the gateway's bus (a worker's kill -9 is seen in ~0.2 s).",
+        f"[eventlistener:{EVENTLISTENER_NAME}]",
+        f"command={command}",
+        f"directory={_location('directory', spec.directory)}",
+        "events=PROCESS_STATE",
+        "buffer_size=1000",
+        'environment=PYTHONUNBUFFERED="1"',
+        "autostart=true",
+        "autorestart=true",
+        "startsecs=1",  # events wait in supervisord's buffer until the listener is RUNNING
+        "startretries=10",
+        "stopsignal=TERM",
+        "stopwaitsecs=5",
+        "stdout_logfile=NONE",  # stdout is the event protocol: logging it fills a file with READY/RESULT lines
+        f"stderr_logfile={_location('stderr_logfile', spec.stderr_logfile)}",
+        f"stderr_logfile_maxbytes={spec.stderr_logfile_maxbytes}",
+        f"stderr_logfile_backups={spec.stderr_logfile_backups}",
+        "",
+    ])
+
+
+# Where the shipped section lives, relative to the project; the paths in it are relative to it.
+SHIPPED_EVENTLISTENER_FILE = Path("conf/fleet.d/events.conf")
+
+
+def shipped_eventlistener() -> EventListenerSpec:
+    """The listener of the fleet as shipped (`make run`): the project's venv and logs/, and the
+    gateway's bus at the workers' default push endpoint (one definition: `BusSettings`)."""
+    return EventListenerSpec(python=Here("../../.venv/bin/python"), push_endpoint=BusSettings().push_endpoint,
+                             directory=Here("../.."), stderr_logfile=Here("../../logs/camera_events.log"))
+
+
 @dataclass(frozen=True)
 class WriteResult:
     written: list[str]
     unchanged: list[str]
     removed: list[str]
-
-
-def _atomic_write(path: Path, data: bytes) -> None:
-    # The temp name must not end in .conf: supervisord's include glob would pick up half a file.
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-
-
-def _fsync_dir(directory: Path) -> None:
-    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def write_programs(
@@ -206,16 +286,10 @@ def write_programs(
     unchanged: list[str] = []
     removed: list[str] = []
     for name, data in sorted(rendered.items()):
-        path = conf_dir / f"{name}.conf"
-        try:
-            same = path.read_bytes() == data
-        except FileNotFoundError:
-            same = False
-        if same:
-            unchanged.append(name)
-        else:
-            _atomic_write(path, data)
+        if atomic_write(conf_dir / f"{name}.conf", data, mode=0o644, skip_unchanged=True):
             written.append(name)
+        else:
+            unchanged.append(name)
     for path in sorted(conf_dir.glob(f"{prefix}*.conf")):
         name = path.name.removesuffix(".conf")
         if name not in rendered and name not in keep and name not in RESERVED_NAMES:
@@ -224,5 +298,5 @@ def write_programs(
     for path in conf_dir.glob(f".{prefix}*.tmp"):  # left by a crash mid-write
         path.unlink(missing_ok=True)
     if written or removed:
-        _fsync_dir(conf_dir)
+        fsync_dir(conf_dir)
     return WriteResult(written, unchanged, removed)

@@ -141,7 +141,7 @@ def test_worker_kill_9_three_times_leaves_the_other_cameras_alone(
         assert {n: pid for n, (_, pid) in fleet.programs().items() if n != "camera-cam-a"} == others
         assert {s: len(p) for s, p in workers_by_slug(fleet).items()} == {"cam-a": 1, "cam-b": 1, "cam-c": 1}
         assert camera(fleet, "cam-b")["restarts"] == camera(fleet, "cam-c")["restarts"] == 0
-        assert metric(fleet, "fleet_camera_restarts", "cam-a") == 3
+        assert metric(fleet, "fleet_camera_restarts_total", "cam-a") == 3
         say(f"worker kill -9: sessions {assert_sessions_stored(backend, redis_url, database_url)}")
 
 
@@ -195,7 +195,7 @@ def test_gateway_kill_9_keeps_the_workers_which_drop_what_they_cannot_send(
                              and all(d[c] > counted[c] for c in d) and d, 15, "every worker's dropped messages")
         say(f"gateway kill -9 held 3 s: bus messages the workers dropped and counted {counted} -> {dropped}")
         for cam, n in dropped.items():
-            assert metric(fleet, "fleet_camera_bus_dropped", cam) == n
+            assert metric(fleet, "fleet_camera_bus_dropped_total", cam) == n
         for s in subs:
             wait_detection(backend, s, t_back, limit)
         resumed = {s: round(backend.detections(s, t1)[0] - t1, 1) for s in subs}

@@ -18,17 +18,6 @@ from tests.rtsp import RtspServer
 MODEL_URL = (MODELS / ARCHIVE_NAME).as_uri()
 
 
-@pytest.fixture(scope="session")
-def gateway_model_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from detector_worker.pipeline.archive import open_archive
-    from detector_worker.pipeline.export import prepare_archive_dir
-
-    cache = tmp_path_factory.mktemp("gw-model-cache")
-    model_dir, _ = open_archive(MODEL_URL, cache, "standin-test")
-    prepare_archive_dir(model_dir)
-    return cache
-
-
 @pytest.fixture
 def fleet(tmp_path: Path, gateway_model_cache: Path, redis_url: str, database_url: str) -> Iterator[Fleet]:
     f = Fleet(tmp_path / "fleet", model_cache=gateway_model_cache, redis_url=redis_url, database_url=database_url,

@@ -160,7 +160,7 @@ def test_the_gateway_cli_refuses_to_start_off_loopback_without_a_token(args: lis
     env = {k: v for k, v in os.environ.items() if k != "GATEWAY_TOKEN"}
     done = subprocess.run([sys.executable, "-m", "gateway.cli", *args], cwd=ROOT, env=env, capture_output=True,
                           text=True, timeout=60, check=False)
-    assert done.returncode == 2, (done.returncode, done.stderr[-500:])
+    assert done.returncode == 78, (done.returncode, done.stderr[-500:])  # EX_CONFIG
     assert done.stdout == ""
     lines = done.stderr.splitlines()
     assert len(lines) == 1 and lines[0].startswith("detector-gateway: ") and "token" in lines[0], done.stderr

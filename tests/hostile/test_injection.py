@@ -34,6 +34,8 @@ from typing import Any
 
 import pytest
 
+from detector_worker.limits import MAX_ID, MAX_SESSION_ID
+from detector_worker.logs import log_path
 from detector_worker.naming import camera_slug
 from gateway.supervisor.programs import NAME_RE, RESERVED_NAMES
 from tests.conftest import MODELS
@@ -284,7 +286,7 @@ def test_a_benign_camera_runs(site: Site) -> None:
 HOSTILE_CAMERAS = [
     ["x'y", 'q"uote', "p%40ss", "%(here)s", "%(ENV_HOME)s", "..", f"../../../..{CANARY}", "/"],
     ["/etc/passwd", "a/b/../../c", "all", "ALL", "[program:x]", "camera-all", "gateway", "supervisord"],
-    ["z" * 256, "сam-1", "cam‐1", "ｃａｍ１", "🚗", "$(touch x)", "`id`", "\\..\\"],
+    ["z" * MAX_ID, "сam-1", "cam‐1", "ｃａｍ１", "🚗", "$(touch x)", "`id`", "\\..\\"],
     # pairs that collapse to one name unless the slug keeps them apart
     ["x y", f"x-y-{hashlib.sha256(b'x y').hexdigest()[:10]}", "events",
      "events-" + hashlib.sha256(b"events").hexdigest()[:10], "Cam", "cam", "a_b", "-"],
@@ -311,7 +313,7 @@ def test_hostile_camera_ids_reach_files_only_as_distinct_slugs(site: Site, camer
 
 
 INVALID_IDS = ["a\nb", "a\rb", "a\x00b", "a\tb", "a\x7fb", "a\x85b", "a\u2028b", "a\u202eb", "a\u200bb", "\ufeffa",
-               "a\u00a0b", " a", "a ", "", "z" * 5000, "a;b", "[program:x]\ncommand=/bin/sh",
+               "a\u00a0b", " a", "a ", "", "z" * (MAX_ID + 1), "z" * 5000, "a;b", "[program:x]\ncommand=/bin/sh",
                "x\r\n[program:evil]"]
 
 
@@ -320,6 +322,8 @@ def test_ids_the_protocol_refuses_change_nothing(site: Site, where: str) -> None
     conf = site.fleet.base / "conf" / "supervisord.d"
     before = files_under(conf), files_under(site.fleet.base / "run" / "specs"), set(site.fleet.programs())
     for bad in INVALID_IDS:
+        if where == "sessionId" and bad == "z" * (MAX_ID + 1):
+            bad = "z" * (MAX_SESSION_ID + 1)  # a session id has its own, longer limit
         if where == "camera":
             msg: dict[str, Any] = {"type": "subscribe", "payload": sub("display-x", bad)}
         elif where == "display":
@@ -334,6 +338,11 @@ def test_ids_the_protocol_refuses_change_nothing(site: Site, where: str) -> None
             continue  # ";" is an ordinary character in a session id
         errors = site.send(msg)
         assert [e["code"] for e in errors] == ["invalid_message"], (bad, errors)
+        if where == "display":  # one item of the list refused, named by its index; the other applies
+            assert errors[0]["index"] == 1 and errors[0]["message"].startswith("payload[1]."), errors
+            assert errors[0]["subscriptionIdentifier"] is None, errors  # the identifier itself is bad
+        else:
+            assert "index" not in errors[0], errors
         message = errors[0]["message"]
         assert message.isprintable() and message.isascii() and len(message) < 400, message
         assert "[program:" not in message and "z" * 61 not in message
@@ -341,7 +350,7 @@ def test_ids_the_protocol_refuses_change_nothing(site: Site, where: str) -> None
     site.benign_still_running()
 
 
-HOSTILE_DISPLAYS = ["%(here)s", "[program:x]", "..", f"../../..{CANARY}", "all", "'\"`", "z" * 256, "a b",
+HOSTILE_DISPLAYS = ["%(here)s", "[program:x]", "..", f"../../..{CANARY}", "all", "'\"`", "z" * MAX_ID, "a b",
                     "display-b", "сam", "🚗", "$(id)", "\\"]
 
 
@@ -349,11 +358,13 @@ def test_hostile_display_and_session_ids_stay_in_the_spec_and_the_worker(site: S
     subs = [sub(d, "benign") for d in HOSTILE_DISPLAYS]
     assert not site.send({"type": "setSubscriptionList", "payload": subs})
     spec_path = site.fleet.base / "run" / "specs" / f"{camera_slug('benign')}.json"
-    site.fleet.wait_for(lambda: {s["display_id"] for s in json.loads(spec_path.read_text())["subscriptions"]}
+    site.fleet.wait_for(lambda: {s["subscription_identifier"].split(";")[0]
+                                 for s in json.loads(spec_path.read_text())["subscriptions"]}
                         == set(HOSTILE_DISPLAYS), 20, "every hostile display in the spec")
     check_files(site)
     for display in HOSTILE_DISPLAYS:
-        for session in ["%(here)s", f"../../..{CANARY}/s", "x" * 256, 2**62, "'; DROP TABLE x; --", "*", None]:
+        for session in ["%(here)s", f"../../..{CANARY}/s", "x" * MAX_SESSION_ID, 2**62, -(2**63),
+                        "'; DROP TABLE x; --", "*", None]:
             assert not site.send({"type": "setSessionId", "payload": {"displayIdentifier": display,
                                                                       "sessionId": session}})
         assert not site.send({"type": "setProgressionStage", "payload": {"displayIdentifier": display,
@@ -427,8 +438,9 @@ def test_malicious_model_archives_are_never_unpacked_and_their_worker_says_why(
         supervisord = (logs / "supervisord.log").read_text()
         out = []
         for camera, _, _, reason in batch:
-            path = logs / f"{program_name(camera)}.log"
-            text = path.read_text(errors="replace") if path.exists() else ""
+            # the camera's log: detector_worker.logs.log_path (older gateways: <program>.log)
+            paths = [log_path(logs, camera_slug(camera)), logs / f"{program_name(camera)}.log"]
+            text = "".join(p.read_text(errors="replace") for p in paths if p.exists())
             line = next((ln for ln in text.splitlines() if "cannot start: " in ln), "")
             if reason in line and "Traceback" not in text and \
                     f"exited: {program_name(camera)} (exit status 1" in supervisord:

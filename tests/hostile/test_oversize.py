@@ -26,6 +26,7 @@ import pytest
 from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import ClientConnection
 
+from detector_worker.limits import MAX_STAGE, MAX_SUBSCRIPTIONS
 from gateway import protocol as p
 from tests.fleet import Fleet
 from tests.hostile.conftest import MODEL_ID, MODEL_URL
@@ -110,11 +111,11 @@ def test_a_message_up_to_the_limit_is_answered(edge: Edge, size: int, frame: str
     assert len(stage.encode()) == size
     errors = errors_of(edge.link.exchange(stage if frame == "text" else stage.encode()))
     assert [(e["code"], e["message"]) for e in errors] == [
-        ("invalid_message", f"payload.progressionStage: must be at most {p.MAX_STAGE} characters")], errors
+        ("invalid_message", f"payload.progressionStage: must be at most {MAX_STAGE} characters")], errors
     edge.still_serving()
 
 
-@pytest.mark.parametrize("body", ["brackets", "digits", "keys", "duplicates", "strings"])
+@pytest.mark.parametrize("body", ["brackets", "digits", "keys", "too_many_items", "strings"])
 def test_expensive_messages_under_the_limit_are_refused_quickly(edge: Edge, body: str) -> None:
     room = LIMIT - 100
     item = {"subscriptionIdentifier": "d;c", "rtspUrl": "rtsp://h/x", "modelUrl": "http://h/m.mpta", "modelId": 1}
@@ -122,7 +123,8 @@ def test_expensive_messages_under_the_limit_are_refused_quickly(edge: Edge, body
         "brackets": "[" * room,
         "digits": '{"type": "requestState", "payload": ' + "9" * room + "}",
         "keys": json.dumps({"type": "subscribe", "payload": {f"k{i}": i for i in range(room // 20)}}),
-        "duplicates": json.dumps({"type": "setSubscriptionList", "payload": [item] * (room // 110)}),
+        # far more items than MAX_SUBSCRIPTIONS: refused as a whole, before any item is looked at
+        "too_many_items": json.dumps({"type": "setSubscriptionList", "payload": [item] * (room // 110)}),
         "strings": json.dumps({"type": "setSessionId", "payload": {"displayIdentifier": "é" * (room // 2 - 40),
                                                                    "sessionId": 1}}, ensure_ascii=False),
     }[body]
@@ -130,8 +132,37 @@ def test_expensive_messages_under_the_limit_are_refused_quickly(edge: Edge, body
     start = time.monotonic()
     errors = errors_of(edge.link.exchange(text))
     elapsed = time.monotonic() - start
-    assert len(errors) == 1 and errors[0]["code"] in ("invalid_json", "invalid_message"), errors
+    codes = ("limit_exceeded",) if body == "too_many_items" else ("invalid_json", "invalid_message")
+    assert len(errors) == 1 and errors[0]["code"] in codes, errors
+    assert "index" not in errors[0], errors  # the message as a whole, not one item of it
     assert elapsed < 5, f"{body}: {elapsed:.1f} s to refuse"
+    edge.still_serving()
+
+
+def test_a_list_of_only_refused_items_gets_one_error_per_item_quickly(edge: Edge) -> None:
+    """MAX_SUBSCRIPTIONS items, each refused on its own (a bad source, or a duplicate of the first):
+    one `error` per refused item, in order, naming its index; the one valid item is applied."""
+    first = {"subscriptionIdentifier": "display-dup;dup-cam", "rtspUrl": f"rtsp://127.0.0.1:{free_port()}/x",
+             "modelUrl": MODEL_URL, "modelId": MODEL_ID}
+    items: list[dict[str, Any]] = [first]
+    for i in range(1, MAX_SUBSCRIPTIONS):
+        items.append(first if i % 2 else first | {"subscriptionIdentifier": f"display-{i};dup-cam",
+                                                 "rtspUrl": "http://127.0.0.1/not-rtsp"})
+    start = time.monotonic()
+    replies = edge.link.exchange(json.dumps({"type": "setSubscriptionList", "payload": items}), timeout=60)
+    elapsed = time.monotonic() - start
+    errors = errors_of(replies)
+    assert len(replies) == len(errors) == MAX_SUBSCRIPTIONS - 1, (len(replies), replies[:3])
+    assert [e["index"] for e in errors] == list(range(1, MAX_SUBSCRIPTIONS))
+    assert all(e["code"] == "invalid_message" and e["requestType"] == "setSubscriptionList" for e in errors)
+    assert all(e["subscriptionIdentifier"] == items[e["index"]]["subscriptionIdentifier"] for e in errors)
+    assert errors[0]["message"] == "payload[1].subscriptionIdentifier: duplicate (first at payload[0])", errors[0]
+    assert errors[1]["message"] == "payload[2].rtspUrl: URL scheme must be rtsp or rtsps", errors[1]
+    assert elapsed < 20, f"{elapsed:.1f} s for {MAX_SUBSCRIPTIONS} items"
+    report = edge.link.state_report()
+    assert [c["subscriptionIdentifier"] for c in report["cameraConnections"]] == ["display-dup;dup-cam"]
+    assert not errors_of(edge.link.exchange(json.dumps({"type": "setSubscriptionList", "payload": []})))
+    edge.fleet.wait_for(lambda: not edge.fleet.programs(), 30, "the camera removed")
     edge.still_serving()
 
 

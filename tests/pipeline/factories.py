@@ -7,7 +7,7 @@ import time
 import numpy as np
 
 from detector_worker.pipeline.engine import BranchResult, VehicleCycle
-from detector_worker.pipeline.models import Detection
+from detector_worker.pipeline.models import DetectedObject
 from detector_worker.synthetic.standin import BODY, BRAND
 
 
@@ -17,7 +17,8 @@ def cycle(track_id: int, brand: str, body: str, colour: int) -> VehicleCycle:
     front = np.full((20, 90, 3), colour, np.uint8)
     return VehicleCycle(
         track_id=track_id, captured_at=time.time(), vehicle_class="Car",
-        detections={"Car": Detection((0, 0, 90, 60), "Car", 0.95),
-                    "Frontal": Detection((0, 40, 90, 60), "Frontal", 0.9)},
-        branches={BRAND: BranchResult(BRAND, brand, 0.99), BODY: BranchResult(BODY, body, 0.98)},
+        detections={"Car": DetectedObject((0, 0, 90, 60), "Car", 0.95),
+                    "Frontal": DetectedObject((0, 40, 90, 60), "Frontal", 0.9)},
+        branches={BRAND: BranchResult(BRAND, brand, 0.99, "brand"),
+                  BODY: BranchResult(BODY, body, 0.98, "body_type")},
         crops={"Car": car, "Frontal": front}, inference_ms=5.0)

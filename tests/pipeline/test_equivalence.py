@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from detector_worker.imaging import Image
-from detector_worker.pipeline.models import Detection, load_classifier, load_detector
+from detector_worker.pipeline.models import DetectedObject, load_classifier, load_detector
 from detector_worker.synthetic.datasets import classification_crops, render_sample
 from detector_worker.synthetic.standin import BODY, BRAND, DETECTOR
 from tests.pipeline.conftest import crop_sizes
@@ -26,7 +26,7 @@ def iou(a: tuple[float, ...], b: tuple[float, ...]) -> float:
     return inter / union if union > 0 else 0.0
 
 
-def unmatched(ours: list[Detection], theirs: list[Detection], threshold: float) -> list[str]:
+def unmatched(ours: list[DetectedObject], theirs: list[DetectedObject], threshold: float) -> list[str]:
     """Detections in `ours` with no same-label twin in `theirs` (IoU >= 0.9, confidence within 0.02).
 
     A detection within 0.02 of the threshold may be missing on the other side: float differences

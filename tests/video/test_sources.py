@@ -220,6 +220,17 @@ def test_mask_url(url: str, masked: str) -> None:
     assert mask_url(url) == masked
 
 
+@pytest.mark.parametrize(("url", "masked"), [
+    ("https://user:s3cret@models.example/a.mpta?X-Amz-Signature=abc&v=1", "https://***@models.example/a.mpta?..."),
+    ("https://models.example/a.mpta", "https://models.example/a.mpta"),
+    ("file:///srv/models/a.mpta", "file:///srv/models/a.mpta"),
+    ("models/a.mpta", "models/a.mpta"),
+])
+def test_mask_url_hiding_the_whole_query(url: str, masked: str) -> None:
+    """As archive labels use it: a presigned URL's query is all token."""
+    assert mask_url(url, hide_query=True) == masked
+
+
 def test_describe_and_errors_mask_credentials() -> None:
     dead = f"rtsp://admin:{SECRET}@127.0.0.1:{free_port()}/cam-a"
     sources: list[FrameSource] = [

@@ -8,13 +8,14 @@ import os
 import signal
 import sys
 import time
+from pathlib import Path
 from typing import Any
 
 import zmq
 
 from gateway.supervisor.bridge import SupervisorBridge
-from gateway.supervisor.events import parse_tokens, render_eventlistener, to_message
-from gateway.supervisor.programs import EVENTLISTENER_NAME
+from gateway.supervisor.events import parse_tokens, to_message
+from gateway.supervisor.programs import EVENTLISTENER_NAME, EventListenerSpec, render_eventlistener
 
 from .conftest import PROJECT_DIR, Supervisord, wait_state
 
@@ -36,8 +37,9 @@ def test_kill_9_reaches_the_gateway_as_events(supervisord: Supervisord) -> None:
     context: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
     pull = context.socket(zmq.PULL)
     port = pull.bind_to_random_port("tcp://127.0.0.1")
-    (sv.conf_dir / f"{EVENTLISTENER_NAME}.conf").write_text(render_eventlistener(
-        sys.executable, f"tcp://127.0.0.1:{port}", PROJECT_DIR, sv.logs / "events.log"))
+    (sv.conf_dir / f"{EVENTLISTENER_NAME}.conf").write_text(render_eventlistener(EventListenerSpec(
+        python=Path(sys.executable), push_endpoint=f"tcp://127.0.0.1:{port}", directory=PROJECT_DIR,
+        stderr_logfile=sv.logs / "events.log")))
 
     def receive(timeout_s: float) -> list[dict[str, Any]]:
         messages, deadline = [], time.monotonic() + timeout_s

@@ -9,16 +9,25 @@ from pathlib import Path
 
 import pytest
 
-from gateway.supervisor.events import render_eventlistener
 from gateway.supervisor.programs import (
+    EventListenerSpec,
+    Here,
     ProgramSpec,
     UnsafeValue,
     program_for_camera,
     render,
+    render_eventlistener,
+    size_for_supervisord,
     write_programs,
 )
 
 ROOT = Path("/srv/fleet")
+
+
+def listener(**overrides: object) -> EventListenerSpec:
+    base = EventListenerSpec(python=Path("/venv/bin/python"), push_endpoint="tcp://127.0.0.1:5603", directory=ROOT,
+                             stderr_logfile=ROOT / "logs/events.log")
+    return dataclasses.replace(base, **overrides)  # type: ignore[arg-type]
 
 
 def spec(name: str = "camera-a", /, **overrides: object) -> ProgramSpec:
@@ -99,8 +108,7 @@ def test_program_for_camera_uses_only_the_slug(tmp_path: Path) -> None:
 def test_write_programs_is_minimal_and_leaves_other_files_alone(tmp_path: Path) -> None:
     other = tmp_path / "demo-rtsp.conf"
     other.write_text("[program:demo-rtsp]\ncommand=/bin/true\n")
-    listener = tmp_path / "camera-events.conf"
-    listener.write_text(render_eventlistener("/venv/bin/python", "tcp://127.0.0.1:5603", ROOT, ROOT / "e.log"))
+    (tmp_path / "camera-events.conf").write_text(render_eventlistener(listener()))
     a, b = spec("camera-a"), spec("camera-b")
     assert write_programs(tmp_path, {"camera-a": a, "camera-b": b}).written == ["camera-a", "camera-b"]
     inode = (tmp_path / "camera-a.conf").stat().st_ino
@@ -110,6 +118,20 @@ def test_write_programs_is_minimal_and_leaves_other_files_alone(tmp_path: Path) 
     assert sorted(p.name for p in tmp_path.iterdir()) == [
         "camera-a.conf", "camera-c.conf", "camera-events.conf", "demo-rtsp.conf"]
     assert (tmp_path / "camera-c.conf").read_text() == render(spec("camera-c"))
+
+
+def test_program_files_are_0644_and_crash_leftovers_go(tmp_path: Path) -> None:
+    import os
+
+    old_umask = os.umask(0o077)  # the mode must not depend on the gateway's umask
+    try:
+        leftover = tmp_path / ".camera-a.conf.abc123.tmp"  # a crash in the middle of a write
+        leftover.write_text("[program:camera-a]\ncommand=/bin/tr")
+        write_programs(tmp_path, {"camera-a": spec("camera-a")})
+    finally:
+        os.umask(old_umask)
+    assert (tmp_path / "camera-a.conf").stat().st_mode & 0o777 == 0o644
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["camera-a.conf"]
 
 
 def test_write_programs_changes_nothing_when_one_spec_is_unsafe(tmp_path: Path) -> None:
@@ -125,14 +147,66 @@ def test_write_programs_changes_nothing_when_one_spec_is_unsafe(tmp_path: Path) 
 
 
 def test_eventlistener_section() -> None:
-    text = render_eventlistener("/venv/bin/python", "tcp://127.0.0.1:5603", ROOT, ROOT / "logs/events.log")
-    assert "[eventlistener:camera-events]" in text.splitlines()
+    lines = render_eventlistener(listener()).splitlines()
+    assert "[eventlistener:camera-events]" in lines
+    assert sum(line.startswith("[") for line in lines) == 1
     assert ("command=/venv/bin/python -m gateway.supervisor.events --push tcp://127.0.0.1:5603 --wake-interval=0.25"
-            in text.splitlines())
-    for line in ("events=PROCESS_STATE", "buffer_size=1000", "autorestart=true"):
-        assert line in text.splitlines()
-    with pytest.raises(UnsafeValue, match="push_endpoint"):
-        render_eventlistener("/venv/bin/python", "tcp://x\n[program:evil]", ROOT, ROOT / "e.log")
+            in lines)
+    for line in ("events=PROCESS_STATE", "buffer_size=1000", "autorestart=true", "directory=/srv/fleet",
+                 "stdout_logfile=NONE", "stderr_logfile=/srv/fleet/logs/events.log", "stderr_logfile_maxbytes=10MB"):
+        assert line in lines
+    assert "%" not in "\n".join(lines)
+
+
+def test_eventlistener_paths_relative_to_the_config_file() -> None:
+    text = render_eventlistener(listener(python=Here("../../.venv/bin/python"), directory=Here("../.."),
+                                         stderr_logfile=Here("../../logs/e.log")))
+    assert "command=%(here)s/../../.venv/bin/python -m gateway.supervisor.events" in text
+    assert "directory=%(here)s/../..\n" in text and "stderr_logfile=%(here)s/../../logs/e.log\n" in text
+    assert text.count("%") == 3  # only the renderer's own %(here)s
+
+
+@pytest.mark.parametrize(("field", "value"), [
+    ("push_endpoint", "tcp://x\n[program:evil]"), ("push_endpoint", "tcp://127.0.0.1:1 --x"),
+    ("push_endpoint", "tcp://%(ENV_X)s"), ("python", Path("venv/bin/python")), ("python", Here("/abs/python")),
+    ("python", Here("../%(ENV_HOME)s/python")), ("directory", Here("a b")), ("directory", Path("/a;b")),
+    ("stderr_logfile", Here("x\n[program:evil]")), ("stderr_logfile", Path("rel.log")),
+    ("wake_interval_s", -1.0), ("wake_interval_s", float("nan")), ("wake_interval_s", 61.0),
+    ("stderr_logfile_maxbytes", "0"), ("stderr_logfile_maxbytes", "10MB;x"), ("stderr_logfile_backups", -1),
+])
+def test_eventlistener_refuses_unsafe_values(field: str, value: object) -> None:
+    with pytest.raises(UnsafeValue, match=field):
+        render_eventlistener(listener(**{field: value}))
+
+
+@pytest.mark.parametrize(("mb", "size"), [(100, "100MB"), (100.0, "100MB"), (1, "1MB"), (0.5, "512KB"),
+                                          (1.5, "1536KB"), (0.1, "103KB"), (0.0001, "1KB"), (1024, "1024MB"),
+                                          (100.00000000001, "100MB"), (1 << 20, "1048576MB")])
+def test_size_for_supervisord(mb: float, size: str) -> None:
+    from supervisor.datatypes import byte_size
+
+    assert size_for_supervisord(mb) == size
+    assert byte_size(size) >= mb * 1024 * 1024 - 1e-3  # never smaller than asked
+    assert render(spec(stdout_logfile_maxbytes=size)).count(f"stdout_logfile_maxbytes={size}\n") == 1
+
+
+@pytest.mark.parametrize("mb", [0, -1, float("nan"), float("inf"), (1 << 20) + 1, True])
+def test_size_for_supervisord_refuses_non_sizes(mb: float) -> None:
+    with pytest.raises(UnsafeValue, match="size"):
+        size_for_supervisord(mb)
+
+
+def test_program_for_camera_log_rotation(tmp_path: Path) -> None:
+    program = program_for_camera("cam-001", python="/venv/bin/python", spec_path=tmp_path / "s.json",
+                                 project_dir=tmp_path, log_dir=tmp_path, stdout_logfile=tmp_path / "worker-cam.log",
+                                 log_max_mb=100, log_backups=5)
+    lines = render(program).splitlines()
+    for line in (f"stdout_logfile={tmp_path}/worker-cam.log", "stdout_logfile_maxbytes=100MB",
+                 "stdout_logfile_backups=5"):
+        assert line in lines
+    small = program_for_camera("cam-001", python="/venv/bin/python", spec_path=tmp_path / "s.json",
+                               project_dir=tmp_path, log_dir=tmp_path, log_max_mb=2.5)
+    assert small.stdout_logfile_maxbytes == "2560KB"
 
 
 def test_supervisord_parses_back_exactly_what_was_given() -> None:
