@@ -28,9 +28,11 @@ from .comms.messages import (
     Control,
     DisplayDetection,
     Heartbeat,
+    Live,
     Reload,
     SessionResult,
     Snapshot,
+    SnapshotTrack,
     Status,
     VehicleResult,
 )
@@ -120,6 +122,8 @@ class Worker:
         self.last_error: str | None = None
         self._processed = self._fps_count = 0
         self._fps_since = time.monotonic()
+        self.live_until, self.live_interval_s = 0.0, 0.4  # a dashboard watches (Live lease): snapshots faster
+        self.live_kick = False  # a new lease: the next frame's snapshot goes at once
 
     def _build(self, spec: WorkerSpec) -> Pipelines:
         pipelines = build_pipelines(spec)
@@ -178,9 +182,11 @@ class Worker:
                 if frame is not None:
                     self._last_seq = frame.seq
                     self._process(frame.image, frame.seq, frame.captured_at)
-                    if now >= next_snapshot:
+                    if now >= next_snapshot or self.live_kick:
+                        self.live_kick = False
                         self._send_snapshot(frame.image, frame.captured_at)
-                        next_snapshot = now + self.spec.bus.snapshot_interval_s
+                        live = now < self.live_until
+                        next_snapshot = now + (self.live_interval_s if live else self.spec.bus.snapshot_interval_s)
         finally:
             self.close()
         return EXIT_OK
@@ -204,8 +210,26 @@ class Worker:
                                                     interpolation=cv2.INTER_AREA)
         ok, buf = cv2.imencode(".jpg", small, [cv2.IMWRITE_JPEG_QUALITY, 70])
         if ok:
+            groups = self.pipelines.groups
+            tracks = [SnapshotTrack(box=box, track_id=tid, still=still, fired=fired, labels=labels)
+                      for g in groups for box, tid, still, fired, labels in g.lane.overlay()]
+            crops = [tuple(map(float, g.lane.crop_box)) for g in groups if g.lane.crop_box is not None]
             self.bus.send(Snapshot(camera=self.spec.camera_id, sent_at=time.time(), captured_at=captured_at,
-                                   jpeg_b64=base64.b64encode(buf.tobytes()).decode(), width=w, height=h))
+                                   jpeg_b64=base64.b64encode(buf.tobytes()).decode(), width=w, height=h,
+                                   tracks=tracks[:256], crops=crops[:16]))
+
+    @staticmethod
+    def _thumbnail(cycle: VehicleCycle) -> str | None:
+        """The vehicle's crop as a small JPEG for the dashboard's recent detections."""
+        image = cycle.crops.get(cycle.vehicle_class)
+        if image is None or image.size == 0:
+            return None
+        h, w = image.shape[:2]
+        scale = min(1.0, 160 / max(w, h, 1))
+        small = image if scale >= 1 else cv2.resize(image, (max(1, int(w * scale)), max(1, int(h * scale))),
+                                                    interpolation=cv2.INTER_AREA)
+        ok, buf = cv2.imencode(".jpg", small, [cv2.IMWRITE_JPEG_QUALITY, 70])
+        return base64.b64encode(buf.tobytes()).decode() if ok else None
 
     def _send_detection(self, display: DisplaySession, cycle: VehicleCycle, result: VehicleResult) -> None:
         written = display.written[-1] if display.written and display.written[-1].track_id == cycle.track_id else None
@@ -214,13 +238,18 @@ class Worker:
             display_id=display.display_id, session_id=written.session_id if written else None,
             track_id=cycle.track_id, model_id=display.model_id, model_name=display.model_name,
             captured_at=cycle.captured_at, inference_ms=cycle.inference_ms, vehicle=result,
-            image_key=written.image_key if written else None))
+            image_key=written.image_key if written else None, thumb_b64=self._thumbnail(cycle)))
         log.info("detection: display %s vehicle %d %s %s", display.display_id, cycle.track_id, result.brand,
                  result.body_type)
 
-    def _on_control(self, msg: Control | Reload) -> None:
+    def _on_control(self, msg: Control | Reload | Live) -> None:
         if isinstance(msg, Reload):
             self._reload()
+            return
+        if isinstance(msg, Live):
+            self.live_kick = self.live_kick or time.monotonic() >= self.live_until
+            self.live_until = time.monotonic() + msg.lease_s
+            self.live_interval_s = msg.interval_s
             return
         displays = self.pipelines.displays
         for display_id, state in msg.displays.items():

@@ -17,13 +17,24 @@ import zmq
 import zmq.asyncio
 from pydantic import ValidationError
 
-from detector_worker.comms.messages import AnyWorkerMessage, Control, DisplayControl, Reload, decode_from_worker, encode
+from detector_worker.comms.messages import (
+    AnyWorkerMessage,
+    Control,
+    DisplayControl,
+    Hello,
+    Live,
+    Reload,
+    decode_from_worker,
+    encode,
+)
+
+from .quiet import LogLimiter
 
 log = logging.getLogger("gateway.bus")
 YIELD_EVERY = 32
 MAX_MESSAGE_BYTES = 8 * 2**20  # the largest bus message is a snapshot (≤ 4 MiB of base64); more is not ours
 Handler = Callable[[AnyWorkerMessage], Awaitable[None] | None]
-HelloHandler = Callable[[str, bytes], Awaitable[None]]
+HelloHandler = Callable[[Hello, bytes], Awaitable[None]]
 
 
 class GatewayBus:
@@ -39,6 +50,7 @@ class GatewayBus:
         self._router.setsockopt(zmq.ROUTER_HANDOVER, 1)  # a restarted worker takes over its identity
         self._router.setsockopt(zmq.LINGER, 0)
         self._endpoints = (pull_endpoint, control_endpoint)
+        self._quiet = LogLimiter()
         self._tasks: list[asyncio.Task[None]] = []
 
     def start(self, on_message: Handler, on_hello: HelloHandler, on_invalid: Callable[[], None]) -> None:
@@ -79,7 +91,8 @@ class GatewayBus:
                 msg = decode_from_worker(data)
             except ValidationError as err:
                 self._on_invalid()
-                log.warning("dropped a malformed bus message: %s", err.errors()[0]["msg"])
+                if self._quiet.allow("malformed"):
+                    log.warning("dropped a malformed bus message: %s%s", err.errors()[0]["msg"], self._quiet.suffix())
                 continue
             try:
                 result = self._on_message(msg)
@@ -100,10 +113,10 @@ class GatewayBus:
             except ValidationError:
                 self._on_invalid()
                 continue
-            if msg.type != "hello":
+            if not isinstance(msg, Hello):
                 continue
             try:
-                await self._on_hello(msg.camera, identity)
+                await self._on_hello(msg, identity)
             except Exception:
                 log.exception("answering hello of %s failed", msg.camera)
 
@@ -115,7 +128,12 @@ class GatewayBus:
     async def send_reload(self, identity: bytes, camera_id: str) -> bool:
         return await self._send(identity, Reload(camera=camera_id, sent_at=time.time()))
 
-    async def _send(self, identity: bytes, msg: Control | Reload) -> bool:
+    async def send_live(self, identity: bytes, camera_id: str, lease_s: float, interval_s: float) -> bool:
+        """A dashboard watches this camera: snapshots every `interval_s` for the next `lease_s`."""
+        return await self._send(identity, Live(camera=camera_id, sent_at=time.time(), lease_s=lease_s,
+                                               interval_s=interval_s))
+
+    async def _send(self, identity: bytes, msg: Control | Reload | Live) -> bool:
         try:
             await self._router.send_multipart([identity, encode(msg)], flags=zmq.NOBLOCK)
             return True

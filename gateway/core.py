@@ -22,6 +22,7 @@ from detector_worker.comms.messages import (
     DisplayControl,
     DisplayDetection,
     Heartbeat,
+    Hello,
     ProcessState,
     SessionResult,
     Snapshot,
@@ -35,6 +36,7 @@ from . import relay
 from .backend import BackendChannel
 from .desired import DesiredState, spec_path
 from .metrics import GatewayMetrics
+from .quiet import LogLimiter
 from .settings import GatewaySettings
 from .state import CameraState
 from .supervisor.bridge import ApplyReport
@@ -61,7 +63,7 @@ class WorkerBus(Protocol):
     """The gateway's end of the ZeroMQ bus (GatewayBus)."""
 
     def start(self, on_message: Callable[[AnyWorkerMessage], Awaitable[None] | None],
-              on_hello: Callable[[str, bytes], Awaitable[None]], on_invalid: Callable[[], None]) -> None: ...
+              on_hello: Callable[[Hello, bytes], Awaitable[None]], on_invalid: Callable[[], None]) -> None: ...
     async def send_control(self, identity: bytes, camera_id: str, displays: dict[str, DisplayControl]) -> bool: ...
     async def send_reload(self, identity: bytes, camera_id: str) -> bool: ...
     async def close(self) -> None: ...
@@ -87,7 +89,9 @@ class Gateway:
         self.applied: dict[str, WorkerSpec] = {}  # camera id → its spec, as last written
         self.identities: dict[str, bytes] = {}
         self._reload_on_hello: set[str] = set()  # cameras whose reload found no worker connected
+        self._quiet = LogLimiter()  # repeated bad input: one line per key and interval
         self.gpu: tuple[float, float] = (0.0, 0.0)
+        self.observers: list[Callable[[AnyWorkerMessage], None]] = []  # e.g. the dashboard: sees every bus message
         self._dirty = asyncio.Event()
         self._applied = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
@@ -99,6 +103,11 @@ class Gateway:
         for d in (self.settings.specs_dir, self.settings.programs_dir, self.settings.log_dir):
             d.mkdir(parents=True, exist_ok=True)
         self.settings.specs_dir.chmod(0o700)
+        for endpoint in (self.settings.bus.push_endpoint, self.settings.bus.control_endpoint):
+            if endpoint.startswith("ipc://"):  # the bus's unix sockets: only this user may reach them
+                directory = Path(endpoint.removeprefix("ipc://")).parent
+                directory.mkdir(parents=True, exist_ok=True)
+                directory.chmod(0o700)
         with contextlib.suppress(*RPC_ERRORS):
             ended = await self.supervisor.adopt_or_clean(self.settings.specs_dir)
             if ended:
@@ -246,14 +255,38 @@ class Gateway:
             await self.bus.send_control(self.identity(camera_id), camera_id, self.desired.controls_for(camera_id))
 
     # -- the bus --------------------------------------------------------------------------------------------
-    async def on_hello(self, camera_id: str, identity: bytes) -> None:
-        if camera_id not in self.desired.plans:
+    async def on_hello(self, hello: Hello, identity: bytes) -> None:
+        """A worker (re)started. Answered only for a planned camera whose program supervisord runs under
+        the pid the hello gives: a stray process (an orphan of an earlier supervisord, a hand-run
+        worker) can never take a camera's control identity or learn its sessions."""
+        camera_id = hello.camera
+        program = self.programs.get(camera_id)
+        if program is None or camera_id not in self.desired.plans:
+            return
+        if not await self._supervised(camera_id, program.name, hello.pid):
+            if self._quiet.allow(f"hello:{camera_id}"):
+                log.warning("camera %s: ignored a hello from pid %d, not the process supervisord runs for it%s",
+                            camera_id, hello.pid, self._quiet.suffix())
             return
         self.identities[camera_id] = identity
         await self.bus.send_control(identity, camera_id, self.desired.controls_for(camera_id))
         if camera_id in self._reload_on_hello:
             self._reload_on_hello.discard(camera_id)
             await self.bus.send_reload(identity, camera_id)
+
+    async def _supervised(self, camera_id: str, name: str, pid: int) -> bool:
+        state = self.states.get(camera_id)
+        if state is not None and state.pid == pid:
+            return True
+        try:  # the event may not be here yet: ask supervisord (a worker repeats its hello until answered)
+            info = (await self.supervisor.states()).get(name)
+        except RPC_ERRORS:
+            return False
+        if info is None or info.pid != pid:
+            return False
+        if state is not None:
+            state.on_process_state(info.state, info.pid)
+        return True
 
     def identity(self, camera_id: str) -> bytes:
         """The camera's worker on the control socket. A worker says hello only when it starts, so one
@@ -267,6 +300,8 @@ class Gateway:
 
     def on_bus_message(self, msg: AnyWorkerMessage) -> None:
         self.metrics.bus_messages.labels(msg.type).inc()
+        for observe in self.observers:
+            observe(msg)
         if isinstance(msg, ProcessState):
             camera_id = next((c for c, p in self.programs.items() if p.name == msg.name), None)
             if camera_id is not None and camera_id in self.states:

@@ -4,6 +4,7 @@
     GET /metrics                     Prometheus text format, per-camera labels
     GET /cameras                     every camera's state as JSON
     GET /cameras/{camera}/snapshot   the camera's latest frame as JPEG (404 until one arrived)
+    GET /ui/                         the operator's dashboard (gateway/ui; served by server.py, with its query)
 """
 
 from __future__ import annotations

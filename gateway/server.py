@@ -1,4 +1,5 @@
-"""The gateway's one port: the backend's WebSocket (`/` or `/ws`) and HTTP (health, metrics, cameras, snapshots).
+"""The gateway's one port: the backend's WebSocket (`/` or `/ws`), HTTP (health, metrics, cameras, snapshots)
+and the operator's dashboard (`/ui/`, its WebSocket `/ui/live`: gateway/ui).
 
 Transport only: it checks who is asking, parses each frame, hands the message to
 `commands.handle` and sends what it is told. One backend at a time: a new connection takes
@@ -22,12 +23,13 @@ from websockets.http11 import Request, Response
 
 from detector_worker.config.base import quote
 
-from . import commands, views
+from . import commands, ui, views
 from . import protocol as p
 from .backend import BackendChannel, BackendLink
 from .core import Gateway
 from .http import json_response, route
 from .settings import GatewaySettings
+from .ui.live import Dashboard
 
 log = logging.getLogger("gateway.server")
 
@@ -38,12 +40,14 @@ class GatewayServer:
         self.gateway = gateway
         self.channel = channel
         self._server: Server | None = None
+        self.dashboard = Dashboard(gateway)  # /ui/: the operator's dashboard, same access rules
 
     # -- lifecycle -------------------------------------------------------------------------------
     async def start(self) -> None:
         self._server = await serve(self.handle, self.settings.host, self.settings.port,
                                    process_request=self.process_request, max_size=self.settings.max_message_bytes,
                                    ping_interval=20, ping_timeout=20)
+        self.dashboard.start()
         log.info("gateway listening on %s:%d", self.settings.host, self.port)
 
     @property
@@ -52,6 +56,7 @@ class GatewayServer:
         return int(self._server.sockets[0].getsockname()[1])
 
     async def stop(self) -> None:
+        await self.dashboard.stop()
         if self._server is not None:
             self._server.close()
             await self._server.wait_closed()
@@ -100,13 +105,18 @@ class GatewayServer:
         if not self.authorized(request, connection.remote_address):
             return json_response(HTTPStatus.UNAUTHORIZED, {"error": "unauthorized"})
         if request.headers.get("Upgrade", "").lower() == "websocket":
-            if path in ("/", "/ws"):
+            if path in ("/", "/ws", ui.LIVE_PATH):
                 return None
             return json_response(HTTPStatus.NOT_FOUND, {"error": "no such endpoint"})
+        if ui.is_ui(path):
+            return ui.page_response(path, urlparse(request.path).query)
         return await route(self.gateway, path)
 
     # -- the backend ---------------------------------------------------------------------------------
     async def handle(self, ws: ServerConnection) -> None:
+        if ws.request is not None and urlparse(ws.request.path).path == ui.LIVE_PATH:
+            await self.dashboard.serve(ws)  # a dashboard page, never the backend
+            return
         link = BackendLink(ws, self.gateway.metrics.backend_dropped.inc)
         # Take over before awaiting anything: a connection arriving while the previous one is being
         # closed must find this one as the backend (and close it), or both would stay open.

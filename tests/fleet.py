@@ -21,6 +21,7 @@ import yaml
 from supervisor.xmlrpc import SupervisorTransport  # type: ignore[import-untyped]
 from websockets.sync.client import ClientConnection, connect
 
+from detector_worker.config.spec import bus_endpoints
 from gateway.supervisor.programs import EventListenerSpec, render_eventlistener
 from tests.rtsp import free_port
 
@@ -33,7 +34,9 @@ class Fleet:
                  redis_url: str, database_url: str, cleanup_timeout: float = 30.0, token: str | None = None,
                  extra: dict[str, Any] | None = None) -> None:
         self.base = base
-        self.port, self.pull, self.control = free_port(), free_port(), free_port()
+        self.port = free_port()
+        # the bus as shipped: unix sockets in the fleet's 0700 run/ (only this user can connect)
+        self.push_endpoint, self.control_endpoint = bus_endpoints(base / "run")
         self.token = token
         for d in ("conf/fleet.d", "conf/supervisord.d", "run", "logs"):
             (base / d).mkdir(parents=True, exist_ok=True)
@@ -44,8 +47,7 @@ class Fleet:
             "supervisor_socket": str(self.socket), "programs_dir": str(base / "conf/supervisord.d"),
             "specs_dir": str(base / "run/specs"), "log_dir": str(base / "logs"),
             "model_cache_dir": str(model_cache), "cameras_file": str(base / "cameras.yaml"),
-            "bus": {"push_endpoint": f"tcp://127.0.0.1:{self.pull}",
-                    "control_endpoint": f"tcp://127.0.0.1:{self.control}"},
+            "bus": {"push_endpoint": self.push_endpoint, "control_endpoint": self.control_endpoint},
             "session_processes": {"process_cleanup_timeout": cleanup_timeout, "health_check_interval": 1,
                                   "heartbeat_timeout": 15},
             "redis_url": redis_url, "database_url": database_url, **(extra or {}),
@@ -85,7 +87,7 @@ stdout_logfile={base}/logs/gateway_stdout.log
 """)
         # the same renderer as the shipped conf/fleet.d/events.conf, on this fleet's paths and bus
         (base / "conf/fleet.d/events.conf").write_text(render_eventlistener(EventListenerSpec(
-            python=Path(PYTHON), push_endpoint=f"tcp://127.0.0.1:{self.pull}", directory=ROOT,
+            python=Path(PYTHON), push_endpoint=self.push_endpoint, directory=ROOT,
             stderr_logfile=base / "logs/camera_events.log")))
 
     # -- supervisord ------------------------------------------------------------------------

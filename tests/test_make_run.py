@@ -32,7 +32,7 @@ def fleet_processes() -> list[psutil.Process]:
         cmd = " ".join(proc.info["cmdline"] or [])
         if (f"{ROOT}/conf/supervisord.conf" in cmd or "gateway.cli --config conf/gateway.yaml" in cmd
                 or f"--spec {ROOT}/run/specs/" in cmd or "scripts/rtsp_server.py --host 127.0.0.1 --port 8554" in cmd
-                or "gateway.supervisor.events --push tcp://127.0.0.1:5601" in cmd):
+                or f"gateway.supervisor.events --push ipc://{ROOT}/conf/fleet.d/../../run/" in cmd):
             out.append(proc)
     return out
 

@@ -20,7 +20,7 @@ import time
 import zmq
 from pydantic import ValidationError
 
-from .messages import Control, Hello, Reload, decode_from_gateway, encode
+from .messages import Control, Hello, Live, Reload, decode_from_gateway, encode
 
 
 class WorkerBus:
@@ -59,9 +59,9 @@ class WorkerBus:
         with contextlib.suppress(zmq.Again):  # not connected yet: the caller says hello again later
             self._control.send(encode(msg), zmq.NOBLOCK)
 
-    def poll_control(self, timeout_ms: int = 0) -> list[Control | Reload]:
+    def poll_control(self, timeout_ms: int = 0) -> list[Control | Reload | Live]:
         """Every control message that has arrived (waiting up to `timeout_ms` for the first)."""
-        out: list[Control | Reload] = []
+        out: list[Control | Reload | Live] = []
         if not self._control.poll(timeout_ms):
             return out
         while True:

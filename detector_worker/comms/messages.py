@@ -8,7 +8,7 @@ Worker → gateway (PUSH → PULL): `hello`, `heartbeat`, `status`, `detection`,
 `snapshot`.
 supervisord's event listener → gateway (PUSH → PULL): `process_state`.
 Gateway → worker (ROUTER → DEALER, addressed by camera): `control` (the full session and
-stage state of the camera's displays, idempotent) and `reload`.
+stage state of the camera's displays, idempotent), `reload` and `live` (a dashboard watches).
 """
 
 from __future__ import annotations
@@ -87,6 +87,7 @@ class DisplayDetection(_Message):
     inference_ms: float
     vehicle: VehicleResult
     image_key: str | None = None  # where the crop went in Redis, once stored
+    thumb_b64: str | None = Field(default=None, max_length=256 * 2**10)  # the vehicle, a small JPEG (dashboard)
 
 
 class SessionResult(_Message):
@@ -101,14 +102,28 @@ class SessionResult(_Message):
     vehicle: VehicleResult
 
 
+class SnapshotTrack(BaseModel):
+    """A vehicle the lane's tracker follows in that frame (drawn by the dashboard)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    box: Box  # in the frame's own pixels (width × height)
+    track_id: int
+    still: float = 0.0  # stillness progress: 1.0 = stable (its detection cycle runs)
+    fired: bool = False  # its detection cycle ran
+    labels: list[str] = Field(default_factory=list, max_length=8)  # brand, body type, once classified
+
+
 class Snapshot(_Message):
-    """The camera's latest frame, small and infrequent, for the gateway's snapshot endpoint."""
+    """The camera's latest frame, small; every `snapshot_interval_s`, or ≥ 2/s while a viewer watches
+    (`Live`). `tracks` and `crops` are optional, so older messages still parse."""
 
     type: Literal["snapshot"] = "snapshot"
     jpeg_b64: str = Field(max_length=4 * 2**20)
     width: int
     height: int
     captured_at: float
+    tracks: list[SnapshotTrack] = Field(default_factory=list, max_length=256)
+    crops: list[Box] = Field(default_factory=list, max_length=16)  # the subscriptions' crop/ROI boxes
 
 
 class ProcessState(BaseModel):
@@ -145,12 +160,20 @@ class Reload(_Message):
     type: Literal["reload"] = "reload"
 
 
+class Live(_Message):
+    """A viewer watches this camera: send snapshots at `interval_s` for `lease_s` (renewed while watched)."""
+
+    type: Literal["live"] = "live"
+    lease_s: float = Field(gt=0, le=60)
+    interval_s: float = Field(ge=0.1, le=10)
+
+
 AnyWorkerMessage = Hello | Heartbeat | Status | DisplayDetection | SessionResult | Snapshot | ProcessState
 WorkerMessage = Annotated[AnyWorkerMessage, Field(discriminator="type")]
-GatewayMessage = Annotated[Control | Reload, Field(discriminator="type")]
+GatewayMessage = Annotated[Control | Reload | Live, Field(discriminator="type")]
 
 _worker_adapter: TypeAdapter[AnyWorkerMessage] = TypeAdapter(WorkerMessage)
-_gateway_adapter: TypeAdapter[Control | Reload] = TypeAdapter(GatewayMessage)
+_gateway_adapter: TypeAdapter[Control | Reload | Live] = TypeAdapter(GatewayMessage)
 
 
 def encode(message: BaseModel) -> bytes:
@@ -162,5 +185,5 @@ def decode_from_worker(data: bytes) -> AnyWorkerMessage:
     return _worker_adapter.validate_json(data)
 
 
-def decode_from_gateway(data: bytes) -> Control | Reload:
+def decode_from_gateway(data: bytes) -> Control | Reload | Live:
     return _gateway_adapter.validate_json(data)

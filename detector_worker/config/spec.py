@@ -8,9 +8,9 @@ entry in `cameras.yaml` instead (see `cameras_file.py`); both end up as a `Worke
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import Field, ValidationError, field_validator, model_validator
+from pydantic import AfterValidator, Field, ValidationError, field_validator, model_validator
 
 from .. import limits
 from ..naming import camera_slug
@@ -98,9 +98,32 @@ class BackoffSettings(StrictModel):
     max_s: float = Field(30.0, gt=0, le=600)
 
 
+RUN_DIR = Path(__file__).resolve().parents[2] / "run"  # the project's run/ (0700): sockets, specs
+_IPC_PATH_MAX = 100  # the kernel's limit for a unix socket path is 107 bytes
+
+
+def bus_endpoints(run_dir: Path) -> tuple[str, str]:
+    """The gateway's PULL and ROUTER endpoints as unix sockets in `run_dir` (0700: only this user
+    can connect, so no other local user can forge a worker's messages or take its identity)."""
+    return f"ipc://{run_dir}/bus-results.sock", f"ipc://{run_dir}/bus-control.sock"
+
+
+def _endpoint(value: str) -> str:
+    if value.startswith("ipc://"):
+        if len(value) - len("ipc://") > _IPC_PATH_MAX:
+            raise ValueError(f"ipc:// socket path is over {_IPC_PATH_MAX} characters (a unix socket limit)")
+    elif not value.startswith("tcp://"):
+        raise ValueError("must be an ipc:// or tcp:// endpoint")
+    check_printable(value)
+    return value
+
+
+Endpoint = Annotated[str, AfterValidator(_endpoint)]
+
+
 class BusSettings(StrictModel):
-    push_endpoint: str = "tcp://127.0.0.1:5601"  # the gateway's PULL socket
-    control_endpoint: str = "tcp://127.0.0.1:5602"  # the gateway's ROUTER socket
+    push_endpoint: Endpoint = Field(default_factory=lambda: bus_endpoints(RUN_DIR)[0])  # the gateway's PULL
+    control_endpoint: Endpoint = Field(default_factory=lambda: bus_endpoints(RUN_DIR)[1])  # the gateway's ROUTER
     send_hwm: int = Field(1000, ge=1, le=1_000_000)
     heartbeat_interval_s: float = Field(2.0, gt=0, le=60)
     status_interval_s: float = Field(5.0, gt=0, le=300)

@@ -204,9 +204,18 @@ class Lane:
             crops = {cls: crop(frame, det.box).copy() for cls, det in own.items()}
             cycles.append(VehicleCycle(track.track_id, captured_at, self.vehicle_class, own, branches, crops,
                                        (time.perf_counter() - start) * 1000))
+            track.extra["labels"] = [b.label for b in branches.values() if b.label and b.role]
         self._forget(now)
         self.stats.inference_ms = (time.perf_counter() - start) * 1000
         return cycles
+
+    def overlay(self) -> list[tuple[Box, int, float, bool, list[str]]]:
+        """The tracks seen in the last frame, for the dashboard: box, id, stillness progress (1.0 =
+        stable), whether its cycle ran, and its labels once classified."""
+        tracker = self.tracker
+        return [(t.box, t.track_id, min(1.0, t.still_frames / max(1, tracker.stability_frames)),
+                 t.track_id in self._fired, list(t.extra.get("labels", [])))  # type: ignore[call-overload]
+                for t in tracker.tracks if t.missed == 0]
 
     def _belonging(self, track: Track, detections: list[DetectedObject]) -> dict[str, DetectedObject]:
         """The best detection of each class that lies inside this vehicle (the vehicle itself included)."""

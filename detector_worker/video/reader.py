@@ -42,6 +42,7 @@ class ReaderStats:
     fps: float  # published frames per second over the last FPS_WINDOW_S; 0 when offline
     reconnects: int  # open attempts after the first one (failed or not)
     stalls: int  # times the watchdog gave up on a stuck source
+    last_frame_age_s: float | None  # None before the first frame
     last_error: str | None
 
 
@@ -97,6 +98,7 @@ class LatestFrameReader:
         self._opens = 0
         self._stalls = 0
         self._last_error: str | None = None
+        self._last_frame_at: float | None = None
         self._published: collections.deque[float] = collections.deque(maxlen=_FPS_SAMPLES)
 
     # -- public API -------------------------------------------------------------------------
@@ -140,6 +142,7 @@ class LatestFrameReader:
                 fps=(len(recent) - 1) / span if self._online and span > 0 else 0.0,
                 reconnects=max(0, self._opens - 1),
                 stalls=self._stalls,
+                last_frame_age_s=None if self._last_frame_at is None else now - self._last_frame_at,
                 last_error=self._last_error,
             )
 
@@ -245,6 +248,7 @@ class LatestFrameReader:
             if self._keep_locked(frame.monotonic):
                 self._seq += 1
                 self._latest = dataclasses.replace(frame, seq=self._seq)
+                self._last_frame_at = frame.monotonic
                 self._published.append(frame.monotonic)
                 self._cond.notify_all()
         if came_online:

@@ -1,6 +1,6 @@
 """supervisord event listener: forwards PROCESS_STATE events to the gateway over ZeroMQ.
 
-    python -m gateway.supervisor.events --push tcp://127.0.0.1:5601
+    python -m gateway.supervisor.events --push ipc:///path/to/run/bus-results.sock
 
 Its `[eventlistener:camera-events]` section is rendered by `programs.render_eventlistener` (the
 shipped one is conf/fleet.d/events.conf). This module imports no more than it needs: it runs in
@@ -120,7 +120,7 @@ def _knock(url: str, interval_s: float) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="Forward supervisord PROCESS_STATE events to the gateway.")
-    parser.add_argument("--push", required=True, help="the gateway's PULL endpoint, e.g. tcp://127.0.0.1:5601")
+    parser.add_argument("--push", required=True, help="the gateway's PULL endpoint, e.g. ipc:///srv/fleet/run/bus-results.sock")
     parser.add_argument("--wake-interval", type=float, default=0.25, metavar="SECONDS",
                         help="wake supervisord's loop this often so events are not held up to 2 s (0: never)")
     args = parser.parse_args(argv)

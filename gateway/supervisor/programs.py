@@ -22,7 +22,7 @@ from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from detector_worker.config.spec import BusSettings
+from detector_worker.config.spec import bus_endpoints
 from detector_worker.files import atomic_write, fsync_dir
 from detector_worker.naming import camera_slug
 
@@ -198,12 +198,18 @@ def _location(field_name: str, value: Path | Here) -> str:
     return quote_path(field_name, value)
 
 
+def _endpoint_arg(value: str | Here) -> str:
+    if isinstance(value, Here):
+        return "ipc://" + _location("push_endpoint", value)
+    return quote_arg("push_endpoint", value)
+
+
 @dataclass(frozen=True)
 class EventListenerSpec:
     """The `[eventlistener:camera-events]` section: `python -m gateway.supervisor.events`."""
 
     python: Path | Here
-    push_endpoint: str  # the gateway's PULL socket
+    push_endpoint: str | Here  # the gateway's PULL socket: an endpoint, or a unix socket next to the config
     directory: Path | Here
     stderr_logfile: Path | Here  # the listener's own log; its stdout is supervisord's protocol channel
     wake_interval_s: float = 0.25
@@ -220,7 +226,7 @@ def render_eventlistener(spec: EventListenerSpec) -> str:
     if not _SIZE.fullmatch(spec.stderr_logfile_maxbytes):
         raise UnsafeValue("stderr_logfile_maxbytes", f"{spec.stderr_logfile_maxbytes[:40]!r} is not like 10MB")
     command = " ".join([_location("python", spec.python), "-m", "gateway.supervisor.events",
-                        "--push", quote_arg("push_endpoint", spec.push_endpoint),
+                        "--push", _endpoint_arg(spec.push_endpoint),
                         f"--wake-interval={spec.wake_interval_s:g}"])
     return "\n".join([
         "; Rendered by gateway/supervisor/programs.py (render_eventlistener); do not edit: the shipped",
@@ -248,12 +254,15 @@ def render_eventlistener(spec: EventListenerSpec) -> str:
 
 # Where the shipped section lives, relative to the project; the paths in it are relative to it.
 SHIPPED_EVENTLISTENER_FILE = Path("conf/fleet.d/events.conf")
+# The gateway's PULL socket as the shipped config names it, relative to that file: the default
+# `BusSettings().push_endpoint` (bus_endpoints(RUN_DIR)), without writing this checkout's path into it.
+SHIPPED_PUSH_SOCKET = "../../run/" + bus_endpoints(Path("run"))[0].rsplit("/", 1)[1]
 
 
 def shipped_eventlistener() -> EventListenerSpec:
     """The listener of the fleet as shipped (`make run`): the project's venv and logs/, and the
     gateway's bus at the workers' default push endpoint (one definition: `BusSettings`)."""
-    return EventListenerSpec(python=Here("../../.venv/bin/python"), push_endpoint=BusSettings().push_endpoint,
+    return EventListenerSpec(python=Here("../../.venv/bin/python"), push_endpoint=Here(SHIPPED_PUSH_SOCKET),
                              directory=Here("../.."), stderr_logfile=Here("../../logs/camera_events.log"))
 
 

@@ -120,7 +120,7 @@ def gateway_pids(fleet: Fleet) -> list[int]:
 
 def fleet_pids(fleet: Fleet) -> list[int]:
     """Every live process of this fleet: supervisord, gateway, event listener, workers."""
-    base, push = str(fleet.base), f"tcp://127.0.0.1:{fleet.pull}"
+    base, push = str(fleet.base), fleet.push_endpoint
     out = []
     for proc in psutil.process_iter():
         cmd = _cmdline(proc)

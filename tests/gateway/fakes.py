@@ -16,7 +16,7 @@ from typing import Any
 import zmq
 import zmq.asyncio
 
-from detector_worker.comms.messages import Control, Hello, Reload, decode_from_gateway, encode
+from detector_worker.comms.messages import Control, Hello, Live, Reload, decode_from_gateway, encode
 from gateway.assemble import Assembled
 from gateway.backend import BackendChannel, BackendLink
 from gateway.bus import GatewayBus
@@ -169,6 +169,13 @@ class Harness:
     async def applied(self) -> None:
         assert await self.gateway.wait_applied(5.0), "the plan was not applied in 5 s"
 
+    def worker(self, camera: str) -> FakeWorker:
+        """The camera's worker as supervisord runs it (its pid is the program's)."""
+        from detector_worker.naming import camera_slug
+
+        name = self.gateway.programs[camera].name
+        return FakeWorker(self.settings, camera, camera_slug(camera), self.supervisor.running.get(name, 1))
+
     def sent_to_backend(self) -> list[dict[str, Any]]:
         import json
 
@@ -178,8 +185,9 @@ class Harness:
 class FakeWorker:
     """A camera worker's two sockets, as the real worker opens them (PUSH out, DEALER identified by slug)."""
 
-    def __init__(self, settings: GatewaySettings, camera: str, slug: str) -> None:
+    def __init__(self, settings: GatewaySettings, camera: str, slug: str, pid: int = 1) -> None:
         self.camera = camera
+        self.pid = pid  # the gateway answers only the pid supervisord runs the camera's program under
         self.ctx = zmq.asyncio.Context()
         self.push = self.ctx.socket(zmq.PUSH)
         self.push.setsockopt(zmq.LINGER, 0)
@@ -189,11 +197,12 @@ class FakeWorker:
         self.dealer.setsockopt(zmq.LINGER, 0)
         self.dealer.connect(settings.bus.control_endpoint)
 
-    async def hello(self) -> Control | Reload:
-        await self.dealer.send(encode(Hello(camera=self.camera, sent_at=time.time(), pid=1, started_at=time.time())))
+    async def hello(self) -> Control | Reload | Live:
+        await self.dealer.send(encode(Hello(camera=self.camera, sent_at=time.time(), pid=self.pid,
+                                            started_at=time.time())))
         return await self.receive()
 
-    async def receive(self, timeout: float = 3.0) -> Control | Reload:
+    async def receive(self, timeout: float = 3.0) -> Control | Reload | Live:
         data = await asyncio.wait_for(self.dealer.recv(), timeout)
         return decode_from_gateway(data)
 

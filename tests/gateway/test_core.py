@@ -15,7 +15,16 @@ from typing import Any
 
 import pytest
 
-from detector_worker.comms.messages import Control, DisplayDetection, Heartbeat, Reload, SessionResult, VehicleResult
+from detector_worker.comms.messages import (
+    Control,
+    DisplayDetection,
+    Heartbeat,
+    Hello,
+    Reload,
+    SessionResult,
+    VehicleResult,
+    encode,
+)
 from detector_worker.config.cameras_file import CamerasFile
 from detector_worker.config.spec import load_spec
 from detector_worker.naming import camera_slug
@@ -82,7 +91,7 @@ async def test_a_source_change_reloads_the_worker_and_a_process_setting_restarts
     async with Harness(settings) as h:
         await h.send({"type": "subscribe", "payload": sub("d1", "cam-1")})
         await h.applied()
-        worker = FakeWorker(settings, "cam-1", camera_slug("cam-1"))
+        worker = h.worker("cam-1")
         try:
             assert isinstance(await worker.hello(), Control)
             pid = h.supervisor.running["camera-cam-1"]
@@ -115,7 +124,7 @@ async def test_a_session_reaches_every_camera_of_its_display_with_its_type(setti
             sub("d1", "cam-1"), sub("d1", "cam-2", url="rtsp://10.0.0.2/y"), sub("d2", "cam-2",
                                                                                  url="rtsp://10.0.0.2/y")]})
         await h.applied()
-        workers = [FakeWorker(settings, c, camera_slug(c)) for c in ("cam-1", "cam-2")]
+        workers = [h.worker(c) for c in ("cam-1", "cam-2")]
         try:
             for w in workers:
                 await w.hello()
@@ -140,8 +149,8 @@ async def test_only_the_backends_own_detections_are_relayed_with_its_types(tmp_p
     async with Harness(settings, DesiredState(settings, cameras)) as h:
         await h.send({"type": "subscribe", "payload": sub("d1", "cam-1")})
         await h.applied()
-        worker = FakeWorker(settings, "cam-1", camera_slug("cam-1"))
-        yard = FakeWorker(settings, "yard", camera_slug("yard"))
+        worker = h.worker("cam-1")
+        yard = h.worker("yard")
         try:
             await worker.send(detection("cam-1", "d1", session_id=4711))
             await yard.send(detection("yard", "yard-screen"))
@@ -169,7 +178,7 @@ async def test_patch_session_is_sent_only_when_enabled(tmp_path: Path) -> None:
         async with Harness(settings) as h:
             await h.send({"type": "subscribe", "payload": sub("d1", "cam-1")})
             await h.applied()
-            worker = FakeWorker(settings, "cam-1", camera_slug("cam-1"))
+            worker = h.worker("cam-1")
             try:
                 await worker.send(result)
                 await settle()
@@ -207,7 +216,7 @@ async def test_hung_workers_are_restarted_through_the_bridge_unless_an_operator_
         assert ("restart", "camera-cam-1") in h.supervisor.calls
         assert ("restart", "camera-cam-2") not in h.supervisor.calls
         assert h.states["cam-1"].hung_restarts == 1
-        worker = FakeWorker(settings, "cam-1", camera_slug("cam-1"))
+        worker = h.worker("cam-1")
         try:
             await worker.send(Heartbeat(camera="cam-1", sent_at=time.time(), pid=5, uptime_s=1))
             await settle()
@@ -247,9 +256,32 @@ async def test_a_reload_for_a_worker_not_yet_connected_follows_its_hello(setting
         await h.applied()
         await h.send({"type": "subscribe", "payload": sub("d1", "cam-1", url="rtsp://10.0.0.2/new")})
         await h.applied()  # no worker connected: the reload could not be sent
-        worker = FakeWorker(settings, "cam-1", camera_slug("cam-1"))
+        worker = h.worker("cam-1")
         try:
             assert isinstance(await worker.hello(), Control)
             assert isinstance(await worker.receive(), Reload), "it may have read the old spec: reload it"
+        finally:
+            worker.close()
+
+
+@run_async
+async def test_a_hello_from_a_process_supervisord_does_not_run_is_ignored(settings: Any) -> None:
+    async with Harness(settings) as h:
+        await h.send({"type": "subscribe", "payload": sub("d1", "cam-1")})
+        await h.applied()
+        await h.send({"type": "setSessionId", "payload": {"displayIdentifier": "d1", "sessionId": "secret"}})
+        stray = FakeWorker(settings, "cam-1", camera_slug("cam-1"), pid=999_999)  # e.g. an orphan, or a forger
+        try:
+            await stray.dealer.send(encode(Hello(camera="cam-1", sent_at=time.time(), pid=999_999,
+                                                 started_at=time.time())))
+            with pytest.raises(TimeoutError):
+                await stray.receive(timeout=0.5)
+        finally:
+            stray.close()
+        assert "cam-1" not in h.gateway.identities
+        worker = h.worker("cam-1")
+        try:
+            control = await worker.hello()
+            assert isinstance(control, Control) and control.displays["d1"].session_id == "secret"
         finally:
             worker.close()

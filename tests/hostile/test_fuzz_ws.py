@@ -290,17 +290,17 @@ def run_example(w: World, frame: str | bytes | list[str] | list[bytes]) -> None:
         w.valid += 1
         others = [m for m in replies if m["type"] != "error"]
         assert [m["type"] for m in others] == (["stateReport"] if verdict.type == "requestState" else []), replies
-        got = sorted((e["code"], e["subscriptionIdentifier"], e.get("index", -1)) for e in errors)
+        got = sorted((e["code"], e["subscriptionIdentifier"] or "", e.get("index", -1)) for e in errors)
         if verdict.wanted is not None:  # a subscription change: item errors, plan errors, then applied
             after, refused = w.change(verdict.wanted(w.subs))
-            want = [("invalid_message", sid, index) for index, sid in verdict.item_errors.items()]
+            changed = after != w.subs or list(after) != list(w.subs)
+            w.subs = after  # before judging: a failure must not leave the model behind the gateway
+            want = [("invalid_message", sid or "", index) for index, sid in verdict.item_errors.items()]
             want += [(code, sid, -1) for sid, code in refused.items()]
             assert got == sorted(want), (got, sorted(want))
             for e in errors:
                 if e["code"] == "invalid_message":
                     assert e["requestType"] == verdict.type and e["message"].startswith(f"{verdict.path}[{e['index']}]")
-            changed = after != w.subs or list(after) != list(w.subs)
-            w.subs = after
         else:
             assert not errors, errors
 

@@ -45,8 +45,13 @@ def test_check_reports_a_drifted_copy(tmp_path: Path) -> None:
 
 
 def test_the_listener_pushes_to_the_workers_default_endpoint() -> None:
-    assert shipped_eventlistener().push_endpoint == BusSettings().push_endpoint
-    assert f"--push {BusSettings().push_endpoint} " in (PROJECT_DIR / SHIPPED_EVENTLISTENER_FILE).read_text()
+    # the shipped file names the socket relative to itself; resolved, it is the workers' default endpoint
+    command = next(line for line in (PROJECT_DIR / SHIPPED_EVENTLISTENER_FILE).read_text().splitlines()
+                   if line.startswith("command="))
+    endpoint = command.split("--push ", 1)[1].split()[0]
+    here = (PROJECT_DIR / SHIPPED_EVENTLISTENER_FILE).parent
+    resolved = Path(endpoint.removeprefix("ipc://").replace("%(here)s", str(here))).resolve()
+    assert f"ipc://{resolved}" == BusSettings().push_endpoint
 
 
 def test_fleet_d_defines_each_section_once_and_the_listener_only_in_events_conf() -> None:
