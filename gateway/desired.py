@@ -9,6 +9,8 @@ running one over `max_concurrent_sessions`.
 
 from __future__ import annotations
 
+import urllib.parse
+import urllib.request
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,7 +19,14 @@ from typing import Literal, TypedDict
 from detector_worker.comms.messages import DisplayControl
 from detector_worker.config.base import quote
 from detector_worker.config.cameras_file import CamerasFile
-from detector_worker.config.spec import BusSettings, LogSettings, StoreOverrides, Subscription, WorkerSpec
+from detector_worker.config.spec import (
+    BusSettings,
+    LogSettings,
+    ModelPolicy,
+    StoreOverrides,
+    Subscription,
+    WorkerSpec,
+)
 from detector_worker.limits import MAX_DISPLAYS_PER_CAMERA
 from detector_worker.naming import camera_slug
 
@@ -31,7 +40,7 @@ UNSET: object = object()  # "leave as it is" for set_display
 class Refusal:
     """A subscription that can't be part of the plan; `code` is the protocol's error code."""
 
-    code: Literal["conflict", "limit_exceeded"]
+    code: Literal["conflict", "limit_exceeded", "invalid_message"]
     message: str
     subscription_identifier: str
 
@@ -67,6 +76,13 @@ def plan(settings: GatewaySettings, cameras: CamerasFile | None, subscriptions: 
             out[name] = CameraPlan(cameras.worker_spec(name, base_dir=base_dir, **common), "static")
     by_camera: dict[str, list[Subscription]] = {}
     for sub in subscriptions:
+        why = model_source_refused(settings.models, sub.model.url)
+        if why is not None:
+            refusals.append(Refusal("invalid_message", f"modelUrl: {why}", sub.subscription_identifier))
+            continue
+        pin = settings.models.pinned_sha256.get(sub.model.url)
+        if pin is not None and sub.model.sha256 != pin:
+            sub = sub.model_copy(update={"model": sub.model.model_copy(update={"sha256": pin})})
         by_camera.setdefault(sub.camera_id, []).append(sub)
     limit = settings.session_processes.max_concurrent_sessions
     slugs = {p.spec.slug: camera_id for camera_id, p in out.items()}
@@ -124,11 +140,26 @@ def plan(settings: GatewaySettings, cameras: CamerasFile | None, subscriptions: 
     return out, refusals
 
 
+def model_source_refused(policy: ModelPolicy, url: str) -> str | None:
+    """Why the backend may not name this model archive, or None. http(s) as the policy allows;
+    file:// only for a regular file inside the operator's model directories (links resolved)."""
+    parts = urllib.parse.urlsplit(url)
+    if parts.scheme.lower() == "file":
+        path = Path(urllib.request.url2pathname(parts.path)).resolve()
+        if not any(path.is_relative_to(d.resolve()) for d in policy.model_dirs):
+            return "file:// model URLs must name a file inside the configured model directories (models.model_dirs)"
+        return None
+    if not any(url.lower().startswith(prefix.lower()) for prefix in policy.allowed_url_prefixes):
+        return "not an allowed model source (models.allowed_url_prefixes)"
+    return None
+
+
 class _Common(TypedDict):
     bus: BusSettings
     log: LogSettings
     stores: StoreOverrides
     model_cache_dir: Path
+    model_policy: ModelPolicy
 
 
 def _common(settings: GatewaySettings) -> _Common:
@@ -138,6 +169,7 @@ def _common(settings: GatewaySettings) -> _Common:
         "log": LogSettings(directory=settings.log_dir, max_mb=rotation.max_size_mb, backups=rotation.backup_count),
         "stores": StoreOverrides(redis_url=settings.redis_url, database_url=settings.database_url),
         "model_cache_dir": settings.model_cache_dir,
+        "model_policy": settings.models,
     }
 
 

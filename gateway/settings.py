@@ -14,7 +14,7 @@ from pathlib import Path
 from pydantic import Field, ValidationError, model_validator
 
 from detector_worker.config.base import SpecError, StrictModel, describe_validation_error, read_yaml_file
-from detector_worker.config.spec import BusSettings, InferenceSettings, ResourceLimits
+from detector_worker.config.spec import BusSettings, InferenceSettings, ModelPolicy, ResourceLimits
 
 PROJECT_DIR = Path(__file__).resolve().parents[1]
 
@@ -60,6 +60,7 @@ class GatewaySettings(StrictModel):
     allowed_origins: list[str] = Field(default_factory=list)  # e.g. ["https://ops.example.com"]
     bus: BusSettings = BusSettings()  # the gateway binds push_endpoint (PULL) and control_endpoint (ROUTER)
     backend: BackendSettings = BackendSettings()
+    models: ModelPolicy = ModelPolicy()  # which model archives are trusted, and how far
     session_processes: SessionProcesses = SessionProcesses()
     resource_limits: ResourceLimits = ResourceLimits()
     inference: InferenceSettings = InferenceSettings()

@@ -16,6 +16,7 @@ command -v "$PYTHON" >/dev/null 2>&1 || PYTHON=python3
 SYSTEM_PACKAGES=(
   python3-gi gir1.2-gstreamer-1.0 gir1.2-gst-rtsp-server-1.0
   gstreamer1.0-plugins-base gstreamer1.0-plugins-good gstreamer1.0-plugins-bad
+  chromium chromium-driver  # the dashboard's browser tests (tests/ui): headless, driven by selenium
 )
 
 missing=()

@@ -59,6 +59,7 @@ start() {
   cat <<MSG
 
 The fleet is up.
+  dashboard:         http://127.0.0.1:8001/ui/     (live view, states, logs, start/stop; docs/operations.md)
   backend WebSocket: ws://127.0.0.1:8001/        (watch the whole loop: make demo)
   cameras:           curl http://127.0.0.1:8001/cameras
   metrics:           curl http://127.0.0.1:8001/metrics

@@ -22,6 +22,8 @@ from tests.busgateway import BusGateway
 from tests.conftest import CAMERA_BRANDS, MODELS
 from tests.rtsp import RtspServer
 
+pytestmark = pytest.mark.slow  # make check skips it: real worker processes against a real RTSP server
+
 WORKER = [sys.executable, "-m", "detector_worker.cli"]
 MODEL_ID = "standin-test"
 

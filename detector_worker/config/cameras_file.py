@@ -20,8 +20,10 @@ from .spec import (
     Crop,
     InferenceSettings,
     LogSettings,
+    ModelPolicy,
     ModelRef,
     ResourceLimits,
+    Sha256,
     SourceSettings,
     StoreOverrides,
     Subscription,
@@ -31,6 +33,7 @@ from .spec import (
 
 class CameraDefaults(StrictModel):
     pipeline: str | None = None  # .mpta path or URL
+    pipeline_sha256: Sha256 | None = None  # pin: the archive must have this digest
     model_id: ModelId | None = None
     model_name: str | None = None
     max_fps: float | None = Field(None, gt=0, le=120)
@@ -44,6 +47,7 @@ class CameraEntry(StrictModel):
     source: SourceSettings
     displays: list[DisplayId] = Field(min_length=1, max_length=limits.MAX_DISPLAYS_PER_CAMERA)
     pipeline: str | None = None
+    pipeline_sha256: Sha256 | None = None
     model_id: ModelId | None = None
     model_name: str | None = None
     crop: Crop | None = None
@@ -66,7 +70,7 @@ class CamerasFile(StrictModel):
 
     def worker_spec(self, name: str, *, bus: BusSettings = BusSettings(), log: LogSettings = LogSettings(),
                     stores: StoreOverrides = StoreOverrides(), model_cache_dir: Path = Path("build/model-cache"),
-                    base_dir: Path = Path(".")) -> WorkerSpec:
+                    model_policy: ModelPolicy | None = None, base_dir: Path = Path(".")) -> WorkerSpec:
         """The spec of camera `name`, defaults applied; relative pipeline paths resolve against base_dir."""
         try:
             cam = self.cameras[name]
@@ -78,7 +82,9 @@ class CamerasFile(StrictModel):
             raise SpecError(f"cameras.{name}.pipeline: required (here or in defaults.pipeline)")
         if "://" not in pipeline and not Path(pipeline).is_absolute():
             pipeline = str((base_dir / pipeline).resolve())
-        model = ModelRef(url=pipeline, id=cam.model_id or d.model_id, name=cam.model_name or d.model_name)
+        # a camera's own pipeline takes its own pin only; the defaults' pin goes with the defaults' pipeline
+        pin = cam.pipeline_sha256 if cam.pipeline else d.pipeline_sha256
+        model = ModelRef(url=pipeline, id=cam.model_id or d.model_id, name=cam.model_name or d.model_name, sha256=pin)
         source = cam.source
         if source.kind == "file" and "://" not in source.url and not Path(source.url).is_absolute():
             source = source.model_copy(update={"url": str((base_dir / source.url).resolve())})
@@ -89,7 +95,7 @@ class CamerasFile(StrictModel):
             max_fps=cam.max_fps if cam.max_fps is not None else d.max_fps,
             stall_timeout_s=cam.stall_timeout_s or d.stall_timeout_s, backoff=d.backoff, bus=bus,
             inference=cam.inference or d.inference, resource_limits=cam.resource_limits or d.resource_limits,
-            log=log, stores=stores, model_cache_dir=model_cache_dir,
+            log=log, stores=stores, model_cache_dir=model_cache_dir, model_policy=model_policy or ModelPolicy(),
         )
 
 

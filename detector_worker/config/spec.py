@@ -65,10 +65,14 @@ class Crop(StrictModel):
                 self.y2 if self.y2 is not None else edge)
 
 
+Sha256 = Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")]
+
+
 class ModelRef(StrictModel):
     url: str = Field(min_length=1, max_length=limits.MAX_URL)  # .mpta: http(s)://, file:// or a local path
     id: ModelId | None = None  # kept with the type it came with: the backend gets it back as it sent it
     name: str | None = Field(None, max_length=limits.MAX_MODEL_NAME)
+    sha256: Sha256 | None = None  # when set, the archive must have exactly this digest (pinned by the operator)
     backend: Literal["onnx", "ultralytics"] | None = None  # this pipeline's own choice; else the worker's
 
 
@@ -155,6 +159,22 @@ class StoreOverrides(StrictModel):
     database_url: str | None = None
 
 
+class ModelPolicy(StrictModel):
+    """What the operator trusts of model archives. Archives are untrusted input: a `.pt` file is a
+    pickle that can run code when loaded, so workers run ONNX only, and an archive holding only
+    `.pt` files is converted (in a confined child, with torch's safe loader) only when named here."""
+
+    # Model URLs the backend may name; file:// only inside `model_dirs` (checked by the gateway).
+    allowed_url_prefixes: list[str] = Field(default_factory=lambda: ["http://", "https://"])
+    model_dirs: list[Path] = Field(default_factory=lambda: [RUN_DIR.parent / "models"])
+    convert_pt_from: list[str] = Field(default_factory=list)  # URL prefixes whose .pt-only archives may convert
+    convert_pt_sha256: list[Sha256] = Field(default_factory=list)  # archive digests that may convert
+    pinned_sha256: dict[str, Sha256] = Field(default_factory=dict)  # model URL → the digest it must have
+
+    def may_convert(self, url: str, sha256: str) -> bool:
+        return sha256 in self.convert_pt_sha256 or any(url.startswith(p) for p in self.convert_pt_from)
+
+
 class WorkerSpec(StrictModel):
     camera_id: CameraId
     source: SourceSettings
@@ -168,6 +188,7 @@ class WorkerSpec(StrictModel):
     log: LogSettings = LogSettings()
     stores: StoreOverrides = StoreOverrides()
     model_cache_dir: Path = Path("build/model-cache")
+    model_policy: ModelPolicy = ModelPolicy()
 
     @property
     def slug(self) -> str:

@@ -15,7 +15,7 @@ from tests.gateway.fakes import settings_for
 def sub(display: str, camera: str, url: str = "rtsp://10.0.0.1/x", model_id: int | str = 1,
         crop: Crop | None = None) -> Subscription:
     return Subscription(subscription_identifier=f"{display};{camera}", source=SourceSettings(kind="rtsp", url=url),
-                        model=ModelRef(url="file:///m.mpta", id=model_id), crop=crop)
+                        model=ModelRef(url="http://models/m.mpta", id=model_id), crop=crop)
 
 
 def static_cameras() -> CamerasFile:
@@ -151,3 +151,28 @@ def test_a_backend_subscription_for_a_display_cameras_yaml_serves_is_a_conflict(
     plans, refusals = plan(settings_for(tmp_path), static_cameras(), [sub("static", "cam", model_id=7)])
     assert [(r.code, r.subscription_identifier) for r in refusals] == [("conflict", "static;cam")]
     assert plans["cam"].backend_ids == frozenset(), "the backend's definition does not silently become cameras.yaml's"
+
+
+def test_model_sources_the_backend_may_name_and_pins(tmp_path: Path) -> None:
+    models = tmp_path / "models"
+    models.mkdir()
+    (models / "m.mpta").write_bytes(b"x")
+    (tmp_path / "elsewhere.mpta").write_bytes(b"x")
+    (models / "escape.mpta").symlink_to(tmp_path / "elsewhere.mpta")
+    pin = "a" * 64
+    settings = settings_for(tmp_path, models={"model_dirs": [str(models)], "pinned_sha256": {
+        "http://models/m.mpta": pin}})
+
+    def with_url(display: str, url: str) -> Subscription:
+        s = sub(display, f"cam-{display}")
+        return s.model_copy(update={"model": s.model.model_copy(update={"url": url})})
+
+    subs = [with_url("a", (models / "m.mpta").as_uri()), with_url("b", (tmp_path / "elsewhere.mpta").as_uri()),
+            with_url("c", (models / "escape.mpta").as_uri()), with_url("d", "ftp://models/m.mpta"),
+            with_url("e", "http://models/m.mpta")]
+    plans, refusals = plan(settings, None, subs)
+    assert sorted(plans) == ["cam-a", "cam-e"]
+    assert [(r.code, r.subscription_identifier) for r in refusals] == [
+        ("invalid_message", "b;cam-b"), ("invalid_message", "c;cam-c"), ("invalid_message", "d;cam-d")]
+    assert plans["cam-e"].spec.subscriptions[0].model.sha256 == pin, "the operator's pin goes with the URL"
+    assert plans["cam-a"].spec.subscriptions[0].model.sha256 is None

@@ -15,6 +15,8 @@ from tests.conftest import MODELS
 from tests.fleet import Backend, Fleet, subscription
 from tests.rtsp import RtspServer
 
+pytestmark = pytest.mark.slow  # make check skips it: a whole fleet: supervisord, gateway, workers, RTSP
+
 MODEL_URL = (MODELS / ARCHIVE_NAME).as_uri()
 
 

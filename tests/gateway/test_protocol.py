@@ -943,6 +943,7 @@ payloads = (json_values | near_valid_dicts | mutated_subscriptions | st.lists(mu
             | st.builds(lambda items: {"subscriptions": items}, st.lists(mutated_subscriptions, max_size=3)))
 
 
+@pytest.mark.slow  # > 3 s here; make check skips it
 @PROPERTY
 @given(st.sampled_from(sorted(INCOMING_TYPES)), payloads, st.sampled_from(["payload", "beside", "subscriptions"]),
        st.dictionaries(st.text(max_size=6), json_values, max_size=2))

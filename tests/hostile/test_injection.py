@@ -99,6 +99,12 @@ class Site:
                             {p.name for p in spec_dir.glob("*.json")} == specs, timeout,
                             f"programs {sorted(names)[:8]} (have {sorted(self.fleet.programs())[:8]})")
 
+    def start_benign(self) -> None:
+        assert not self.send({"type": "setSubscriptionList", "payload": [sub("display-b", "benign")]})
+        self.fleet.wait_for(lambda: self.fleet.programs().get(program_name("benign"), ("",))[0] == "RUNNING", 40,
+                            "the benign camera RUNNING")
+        self.benign_still_running()
+
     def benign_still_running(self) -> None:
         programs = self.fleet.programs()
         state, pid = programs[program_name("benign")]
@@ -215,7 +221,17 @@ def site(tmp_path_factory: pytest.TempPathFactory, hostile_model_cache: Path, mo
         with running_fleet(root / "fleet", model_cache=cache, redis_url=module_redis_url,
                            database_url=module_database_url, extra=extra) as fleet:
             s = Site(fleet, cache, served, server.server_address[1])
+            # The benign camera every case checks is set up here, not by the first test: the tests
+            # run in random order (pytest-randomly), each must find it RUNNING with its first pid.
+            s.start_benign()
             yield s
+            # after every case, in whatever order they ran: files still clean, and nothing is left
+            check_files(s)
+            s.benign_still_running()
+            assert not s.send({"type": "setSubscriptionList", "payload": []})
+            s.cameras_become(set())
+            with pytest.raises(xmlrpc.client.Fault):
+                s.fleet.rpc().supervisor.getProcessInfo("camera-all")
             s.watch.check()
             assert not s.watch.internal_failures(), s.watch.internal_failures()[:5]
             # the good model's cache directory is exactly as it was (no archive replaced it)
@@ -277,9 +293,9 @@ def secret_only_in_specs(site: Site) -> None:
 
 
 def test_a_benign_camera_runs(site: Site) -> None:
+    # started by the fixture (start_benign); re-declaring it changes nothing
     assert not site.send({"type": "setSubscriptionList", "payload": [sub("display-b", "benign")]})
-    site.fleet.wait_for(lambda: site.fleet.programs().get(program_name("benign"), ("",))[0] == "RUNNING", 40,
-                        "the benign camera RUNNING")
+    site.cameras_become({"benign"})
     site.benign_still_running()
 
 
@@ -470,8 +486,8 @@ def test_after_everything_supervisord_parses_and_a_new_camera_starts(site: Site)
     site.fleet.wait_for(lambda: site.fleet.programs().get(program_name("after-all"), ("",))[0] == "RUNNING", 40,
                         "a camera added after the hostile ones RUNNING")
     site.benign_still_running()
-    assert not site.send({"type": "setSubscriptionList", "payload": []})
-    site.cameras_become(set())
-    with pytest.raises(xmlrpc.client.Fault):
-        site.fleet.rpc().supervisor.getProcessInfo("camera-all")
+    # back to the benign camera alone (tests run in random order: others may follow this one)
+    assert not site.send({"type": "setSubscriptionList", "payload": [sub("display-b", "benign")]})
+    site.cameras_become({"benign"})
+    site.benign_still_running()
     site.watch.check()

@@ -24,6 +24,8 @@ from detector_worker.pipeline.tracking import iou
 from detector_worker.synthetic.standin import ARCHIVE_NAME
 from tests.conftest import MODELS
 
+pytestmark = pytest.mark.slow  # make check skips it: renders footage and runs the whole pipeline on it
+
 LOG = logging.getLogger("test")
 
 

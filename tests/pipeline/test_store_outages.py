@@ -32,6 +32,8 @@ from tests.servers import (
     postgres_template,
 )
 
+pytestmark = pytest.mark.slow  # make check skips it: Redis and PostgreSQL servers stopped and restarted
+
 LOG = logging.getLogger("test.store_outages")
 DISPLAY = "display-7"
 # session id, brand, body, colour of the vehicle's crops (tells the saved images apart)

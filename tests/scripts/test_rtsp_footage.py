@@ -6,8 +6,11 @@ from pathlib import Path
 
 import cv2
 import numpy as np
+import pytest
 
 from tests.rtsp import RtspServer
+
+pytestmark = pytest.mark.slow  # make check skips it: a real GStreamer RTSP server
 
 
 def decoded_frames(video: Path, count: int) -> list[np.ndarray]:

@@ -47,6 +47,7 @@ def test_resolution_and_frame_rate_are_parameters() -> None:
     assert scene.n_frames == 60
 
 
+@pytest.mark.slow  # > 3 s here; make check skips it
 @pytest.mark.parametrize("seed", [1, 2, 3])
 def test_ground_truth_is_consistent_with_the_visits(seed: int) -> None:
     scene = Scene.build(seed, 60.0)
@@ -74,6 +75,7 @@ def test_ground_truth_is_consistent_with_the_visits(seed: int) -> None:
             assert seen_stopped[visit.vehicle_id] >= 5 * scene.fps, "a stopping vehicle stays at least 5 s"
 
 
+@pytest.mark.slow  # > 3 s here; make check skips it
 def test_stopped_vehicles_do_not_move_and_moving_ones_do() -> None:
     scene = Scene.build(21, 40.0, kinds=["stop", "pass"])
     stop, passer = scene.visits

@@ -8,6 +8,7 @@ from pathlib import Path
 import av
 import cv2
 import numpy as np
+import pytest
 
 from detector_worker.synthetic.scene import Scene
 from detector_worker.synthetic.video import GROUND_TRUTH_FORMAT, ground_truth_path, main, write_clip
@@ -30,6 +31,7 @@ def test_clip_is_h264_without_b_frames_and_keyframe_every_second(tmp_path: Path)
     assert pts == sorted(pts), "no B-frames: decode order is display order"
 
 
+@pytest.mark.slow  # > 3 s here; make check skips it
 def test_ground_truth_matches_the_decoded_frames(tmp_path: Path) -> None:
     scene = Scene.build(32, 12.0)
     video = tmp_path / "clip.mp4"

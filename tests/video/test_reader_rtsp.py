@@ -19,7 +19,8 @@ from detector_worker.video.sources import RtspSource, SourceSpec, make_source
 from tests.rtsp import SYSTEM_PYTHON, RtspServer
 from tests.video.helpers import CountingFactory, RecordingBackoff, StatusLog, wait_until
 
-pytestmark = pytest.mark.skipif(not Path(SYSTEM_PYTHON).exists(), reason="needs Debian python3-gi")
+# slow (left out of make check): a real GStreamer RTSP server
+pytestmark = [pytest.mark.slow, pytest.mark.skipif(not Path(SYSTEM_PYTHON).exists(), reason="needs Debian python3-gi")]
 
 SHAPE = (480, 640, 3)  # the fixture's streams: 640x480 @ 10 fps
 

@@ -35,6 +35,7 @@ SECRET = "s3cret"
 # -- file replay ------------------------------------------------------------------------------
 
 
+@pytest.mark.slow  # > 3 s here; make check skips it
 def test_file_source_loops_past_the_end_at_the_file_fps(clip_factory: ClipFactory) -> None:
     clip = clip_factory("video-short-loop", 4242, seconds=1.0)  # 10 frames at 10 fps
     cap = cv2.VideoCapture(str(clip))
@@ -66,6 +67,7 @@ def test_file_source_loops_past_the_end_at_the_file_fps(clip_factory: ClipFactor
     once.close()
 
 
+@pytest.mark.slow  # > 3 s here; make check skips it
 def test_file_source_through_the_reader(clip_factory: ClipFactory) -> None:
     clip = clip_factory("video-short-loop", 4242, seconds=1.0)
     spec = SourceSpec("file", f"file://{clip}")

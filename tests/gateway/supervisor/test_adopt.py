@@ -15,6 +15,8 @@ from gateway.supervisor.rpc import SupervisorUnavailable
 
 from .conftest import FAKE_WORKER, Supervisord, running_pids
 
+pytestmark = pytest.mark.slow  # make check skips it: a real supervisord, killed
+
 
 def worker_like(sv: Supervisord, spec: str, *extra: str) -> int:
     """A worker-like process outside supervisord, already orphaned (its parent is gone), like the

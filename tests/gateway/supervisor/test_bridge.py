@@ -6,11 +6,15 @@ import asyncio
 import re
 from pathlib import Path
 
+import pytest
+
 from gateway.supervisor.bridge import SupervisorBridge
 from gateway.supervisor.programs import ProgramSpec, program_for_camera
 from gateway.supervisor.rpc import SupervisorClient, SupervisorUnavailable
 
 from .conftest import FAKE_WORKER, Supervisord, running_pids, wait_state
+
+pytestmark = pytest.mark.slow  # make check skips it: a real supervisord
 
 
 def desired(*programs: ProgramSpec) -> dict[str, ProgramSpec]:

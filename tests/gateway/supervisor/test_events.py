@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import pytest
 import zmq
 
 from gateway.supervisor.bridge import SupervisorBridge
@@ -18,6 +19,8 @@ from gateway.supervisor.events import parse_tokens, to_message
 from gateway.supervisor.programs import EVENTLISTENER_NAME, EventListenerSpec, render_eventlistener
 
 from .conftest import PROJECT_DIR, Supervisord, wait_state
+
+pytestmark = pytest.mark.slow  # make check skips it: a real supervisord and its event listener
 
 
 def test_to_message() -> None:

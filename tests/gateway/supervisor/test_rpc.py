@@ -14,6 +14,8 @@ from gateway.supervisor.rpc import SupervisorClient, SupervisorError, Supervisor
 
 from .conftest import Supervisord, running_pids
 
+pytestmark = pytest.mark.slow  # make check skips it: a real supervisord
+
 
 def test_calls_and_fault_names(supervisord: Supervisord) -> None:
     sv = supervisord
