@@ -17,8 +17,8 @@ from pydantic import ValidationError
 
 from detector_worker.comms.messages import (
     Control,
-    DisplayDetection,
     DisplayControl,
+    DisplayDetection,
     Hello,
     Status,
     decode_from_worker,
