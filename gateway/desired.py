@@ -148,6 +148,8 @@ def model_source_refused(policy: ModelPolicy, url: str) -> str | None:
         path = Path(urllib.request.url2pathname(parts.path)).resolve()
         if not any(path.is_relative_to(d.resolve()) for d in policy.model_dirs):
             return "file:// model URLs must name a file inside the configured model directories (models.model_dirs)"
+        if path.exists() and not path.is_file():  # a FIFO would block the fetch, a device never end
+            return "file:// model URLs must name a regular file (not a directory, FIFO or device)"
         return None
     if not any(url.lower().startswith(prefix.lower()) for prefix in policy.allowed_url_prefixes):
         return "not an allowed model source (models.allowed_url_prefixes)"
