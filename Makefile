@@ -28,7 +28,7 @@ bootstrap:
 # otherwise: LOCK_ARGS=--upgrade, or LOCK_ARGS="-P ruff" for one package.
 LOCKS := requirements/runtime.txt requirements/torch.txt requirements/dev.txt
 LOCK_ARGS ?=
-lock: bootstrap
+lock: $(VENV)/bin/pip-compile  # not bootstrap: that would first sync the lock being replaced
 	@export CUSTOM_COMPILE_COMMAND="make lock"; set -e; \
 	$(VENV)/bin/pip-compile -q $(LOCK_ARGS) --extra torch --extra dev -o requirements/dev.txt pyproject.toml; \
 	for extra in torch runtime; do \
@@ -37,6 +37,9 @@ lock: bootstrap
 			-o requirements/$$extra.txt pyproject.toml; \
 	done
 	@echo "lock: $(LOCKS) written; make bootstrap installs dev.txt"
+
+$(VENV)/bin/pip-compile:
+	@scripts/bootstrap.sh
 
 run: bootstrap
 	@scripts/run_fleet.sh start

@@ -151,7 +151,7 @@ def dashboard_cost(work_root: Path, seconds: float = 20.0) -> dict[str, Any]:
         from websockets.sync.client import connect
 
         cameras = [f"sim{i:03d}" for i in range(CAMERAS)]
-        backend = connect(f"ws://127.0.0.1:{port}/")  # noqa: SIM115 (closed below)
+        backend = connect(f"ws://127.0.0.1:{port}/")  # closed below
         backend.send(json.dumps({"type": "setSubscriptionList",
                                  "payload": [subscription(c, DEAD_RTSP) for c in cameras]}))
         threading.Thread(target=lambda: [None for _ in backend], daemon=True).start()  # keep reading

@@ -23,7 +23,7 @@ from typing import Any
 
 from .common import BENCH, PYTHON, ROOT, machine_busy, machine_info, md_table, prepare_models, say, write_json
 
-SECTIONS = ("accuracy", "throughput", "fanin", "fleet", "control")
+SECTIONS = ("accuracy", "throughput", "fanin", "fleet", "control", "dashboard")
 
 
 def section_accuracy() -> dict[str, Any]:
@@ -135,6 +135,10 @@ def main(argv: list[str] | None = None) -> int:
         from .control import control_plane
 
         run("control", "7. Control-plane latency", lambda: control_plane(model_dir.parent, work, args.quick))
+        from .dashboard import dashboard_cost
+
+        run("dashboard", "8. Dashboard cost: gateway CPU with 20 cameras, page open vs not",
+            lambda: dashboard_cost(work, 10.0 if args.quick else 20.0))
     finally:
         results["timings"] = timings
         results["elapsed_s"] = time.monotonic() - started

@@ -43,7 +43,7 @@ from .pipeline.engine import VehicleCycle
 from .pipeline.models import ModelLoadError
 from .pipeline.schema import PipelineConfigError
 from .pipeline.sessions import DisplaySession, Written
-from .pipelines import Pipelines, build_pipelines
+from .pipelines import Pipelines, build_pipelines, open_outbox
 from .video.backoff import Backoff
 from .video.reader import LatestFrameReader
 from .video.sources import SourceSpec, make_source
@@ -110,7 +110,9 @@ class Worker:
         self.bus = WorkerBus(spec.camera_id, spec.slug, spec.bus.push_endpoint, spec.bus.control_endpoint,
                              send_hwm=spec.bus.send_hwm, log=logging.getLogger("detector_worker.bus"))
         self.status_events: queue.SimpleQueue[tuple[bool, str]] = queue.SimpleQueue()
+        self.outbox = open_outbox(spec)  # the camera's durable store writes and session state
         self.pipelines: Pipelines = self._build(spec)
+        self.pipelines.start()
         self.control_state: dict[str, tuple[int | str | None, str | None]] = {}
         self.reader = self._start_reader()
         self._last_seq: int | None = None  # the current reader's last frame taken
@@ -126,16 +128,23 @@ class Worker:
         self.live_kick = False  # a new lease: the next frame's snapshot goes at once
 
     def _build(self, spec: WorkerSpec) -> Pipelines:
-        pipelines = build_pipelines(spec)
+        pipelines = build_pipelines(spec, self.outbox)
         for display in pipelines.displays.values():
-            display.on_written = self._send_session_result
+            display.make_notice = self._session_result  # sent once the session's writes are committed
         return pipelines
 
-    def _send_session_result(self, display: DisplaySession, written: Written) -> None:
-        self.bus.send(SessionResult(
-            camera=self.spec.camera_id, sent_at=time.time(), subscription_identifier=display.subscription_id,
+    def _session_result(self, display: DisplaySession, written: Written) -> str:
+        return SessionResult(
+            camera=self.spec.camera_id, sent_at=0.0, subscription_identifier=display.subscription_id,
             display_id=display.display_id, session_id=written.session_id, track_id=written.track_id,
-            image_key=written.image_key, vehicle=vehicle_result(written.cycle)))
+            image_key=written.image_key, vehicle=vehicle_result(written.cycle)).model_dump_json()
+
+    def _send_committed_results(self) -> None:
+        """session_result (→ patchSession) of the sessions whose writes are all committed, once each."""
+        for payload in self.outbox.take_ready_notices():
+            with contextlib.suppress(ValueError):
+                msg = SessionResult.model_validate_json(payload)
+                self.bus.send(msg.model_copy(update={"sent_at": time.time()}))
 
     def _start_reader(self) -> LatestFrameReader:
         s = self.spec.source
@@ -169,6 +178,7 @@ class Worker:
                     self.flags.reload = False
                     self._reload()
                 changed = self._drain_status()
+                self._send_committed_results()
                 if now >= next_beat:
                     self.bus.send(Heartbeat(camera=self.spec.camera_id, sent_at=time.time(), pid=os.getpid(),
                                             uptime_s=now - self.started))
@@ -195,6 +205,8 @@ class Worker:
         self._processed += 1
         for group in self.pipelines.groups:
             cycles = group.lane.process(image, captured_at)  # type: ignore[arg-type]
+            if group.memory is not None:
+                group.memory.observe(cycles)  # before the displays: a fired vehicle never fires again
             log.debug("frame %d: %d track(s), %d new cycle(s), %.1f ms", seq, len(group.lane.tracker.tracks),
                       len(cycles), group.lane.stats.inference_ms)
             for cycle in cycles:
@@ -286,6 +298,7 @@ class Worker:
         if pipelines is not None:
             old, self.pipelines = self.pipelines, pipelines
             old.close(flush_s=0.5)
+            self.pipelines.start()  # what the old writers left in the outbox is replayed by the new ones
             self._past_store_failed += old.store_counts()[1]
             for display_id, (session_id, stage) in self.control_state.items():
                 display = self.pipelines.displays.get(display_id)
@@ -338,7 +351,8 @@ class Worker:
                              stalls=self._past_stalls + stats.stalls,
                              dropped=self.bus.dropped, rss_mb=self.process.memory_info().rss / 2**20,
                              last_error=self.last_error, frames_processed=self._processed,
-                             store_pending=store_pending, store_failed=self._past_store_failed + store_failed))
+                             store_pending=store_pending, store_failed=self._past_store_failed + store_failed,
+                             store_quota_full=self.outbox.quota_full))
 
     def _over_memory(self) -> bool:
         rss_mb = self.process.memory_info().rss / 2**20
@@ -355,8 +369,10 @@ class Worker:
         deadline = time.monotonic() + 1.2
         self.reader.stop(timeout=0.3)
         self.pipelines.close(flush_s=max(0.1, deadline - time.monotonic()))
+        self._send_committed_results()
         self._send_status_final()
         self.bus.close()
+        self.outbox.close()
         log.info("worker stopped")
 
     def _send_status_final(self) -> None:

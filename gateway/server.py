@@ -105,6 +105,9 @@ class GatewayServer:
         if not self.authorized(request, connection.remote_address):
             return json_response(HTTPStatus.UNAUTHORIZED, {"error": "unauthorized"})
         if request.headers.get("Upgrade", "").lower() == "websocket":
+            if path == ui.LIVE_PATH:
+                # frames are JPEG already: deflating them costs the gateway CPU and saves nothing
+                connection.protocol.available_extensions = []
             if path in ("/", "/ws", ui.LIVE_PATH):
                 return None
             return json_response(HTTPStatus.NOT_FOUND, {"error": "no such endpoint"})

@@ -59,6 +59,7 @@ class Status(_Message):
     frames_processed: int = 0  # since the worker started: a counter, so rate() works
     store_pending: int = 0  # store writes waiting (queued or retrying), all stores of this worker
     store_failed: int = 0  # store writes given up since the worker started
+    store_quota_full: bool = False  # the camera's durable outbox is at its disk quota: new writes are refused
 
 
 class VehicleResult(BaseModel):

@@ -45,10 +45,13 @@ def quote(text: str, limit: int = _ECHO_CHARS) -> str:
     return '"' + "".join(pieces) + '"'
 
 
-def format_loc(loc: tuple[str | int, ...]) -> str:
-    """A pydantic error location as a path: `payload[2].rtspUrl`, `cameras["cam 1"].source`."""
+def format_loc(loc: tuple[str | int, ...], skip: frozenset[str] = frozenset()) -> str:
+    """A pydantic error location as a path: `payload[2].rtspUrl`, `cameras["cam 1"].source`.
+    `skip`: union member tags pydantic puts in locations, left out of the path."""
     out = ""
     for part in loc:
+        if part in skip:
+            continue
         if isinstance(part, int):
             out += f"[{part}]"
         elif _IDENTIFIER_KEY.fullmatch(part):
@@ -105,11 +108,12 @@ def describe_error(error: Mapping[str, Any]) -> str:
     return str(error["msg"])
 
 
-def describe_validation_error(err: ValidationError, origin: str = "", prefix: tuple[str | int, ...] = ()) -> str:
-    """The first problem of `err` as `origin: path: phrase (and N more)`."""
+def describe_validation_error(err: ValidationError, origin: str = "", prefix: tuple[str | int, ...] = (),
+                              skip: frozenset[str] = frozenset(), top_level: str = "(top level)") -> str:
+    """The first problem of `err` as `origin: path: phrase (and N more)` (`top_level` names an empty path)."""
     errors = err.errors(include_url=False, include_input=False)
     first = errors[0]
-    where = format_loc((*prefix, *first["loc"]))
+    where = format_loc((*prefix, *first["loc"]), skip) or top_level
     text = f"{where}: {describe_error(first)}" if where else describe_error(first)
     if len(errors) > 1:
         text += f" (and {len(errors) - 1} more problem{'s' if len(errors) > 2 else ''})"

@@ -153,10 +153,13 @@ class LogSettings(StrictModel):
 
 
 class StoreOverrides(StrictModel):
-    """Deployment-side connection settings that win over an archive's own (no secrets in archives)."""
+    """The operator's stores: the only place store targets come from (archives name only tables
+    and keys), else REDIS_URL/DATABASE_URL; and the camera's durable outbox."""
 
     redis_url: str | None = None
     database_url: str | None = None
+    outbox_dir: Path | None = None  # None: <log.directory>/outbox; one SQLite file per camera slug
+    outbox_quota_mb: float = Field(512, gt=0, le=1_000_000)
 
 
 class ModelPolicy(StrictModel):

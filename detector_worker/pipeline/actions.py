@@ -3,18 +3,25 @@
 Actions of every node run (the root's and every branch's: the original silently skipped those
 on branches), in tree order, `actions` before `parallelActions`, so an image saved by the root
 is known as `{image_key}` to the actions after it.
+
+Each write gets an idempotency key derived from (camera, display, session, vehicle visit, action):
+the outbox never holds it twice, and a publish is sent at most once per key, so a replay
+changes nothing. The archive only names tables, columns and key templates (`check_targets`);
+which servers they live on is the operator's choice (sinks.py).
 """
 
 from __future__ import annotations
 
 import logging
+import re
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
 import cv2
 
 from .engine import VehicleCycle
-from .schema import Node, PostgresUpdateCombined, RedisPublish, RedisSaveImage
+from .schema import CONTEXT_VARIABLES, Node, PipelineConfigError, PostgresUpdateCombined, RedisPublish, RedisSaveImage
+from .schema import placeholders as template_placeholders
 from .sinks import Publish, RedisWrite, SaveImage, Upsert
 from .stores import StoreWriter
 from .templates import TemplateError, fill, fill_json
@@ -37,9 +44,49 @@ def compact_timestamp(epoch: float) -> str:
     return t.strftime("%Y%m%dT%H%M%S") + f"{t.microsecond // 1000:03d}Z"
 
 
+def visit_id(cycle: VehicleCycle) -> str:
+    """The vehicle visit a cycle belongs to: when it became stable, and its track then."""
+    return f"{compact_timestamp(cycle.captured_at)}-{cycle.track_id}"
+
+
+SQL_NAME = re.compile(r"[a-z_][a-z0-9_]{0,62}")
+
+
+def check_targets(root: Node) -> None:
+    """What an archive may name in the stores: plain lower-case tables and columns, and key,
+    channel and message templates made only of known placeholders. Raises PipelineConfigError."""
+    for node in root.walk():
+        for i, action in enumerate([*node.actions, *node.parallel_actions]):
+            where = f"{node.model_id}: action {i} ({action.type})"
+            if isinstance(action, PostgresUpdateCombined):
+                for what, name in [("table", action.table), ("key_field", action.key_field),
+                                   *(("column", c) for c in action.fields)]:
+                    if not SQL_NAME.fullmatch(name):
+                        raise PipelineConfigError(f"{where}: {what} {name!r} must match [a-z_][a-z0-9_]{{0,62}}")
+                templates = [action.key_value, *action.fields.values()]
+            elif isinstance(action, RedisSaveImage):
+                templates = [action.key]
+            else:
+                templates = [action.channel, action.message]
+            for template in templates:
+                for name in template_placeholders(template):
+                    if "." not in name and name not in CONTEXT_VARIABLES:
+                        raise PipelineConfigError(f"{where}: unknown placeholder {{{name}}}")
+
+
+@dataclass(frozen=True)
+class Staged:
+    """One store write of a cycle, with its idempotency key, not yet in the outbox."""
+
+    writer: StoreWriter[object, object]
+    write: object
+    ikey: str
+
+
 class ActionRunner:
     def __init__(self, root: Node, redis: StoreWriter[object, RedisWrite] | None,
                  postgres: StoreWriter[object, Upsert] | None, log: logging.Logger) -> None:
+        check_targets(root)
         self.root = root
         self.redis = redis
         self.postgres = postgres
@@ -47,7 +94,17 @@ class ActionRunner:
         self.failed = 0  # actions that could not be turned into a write (bad template, no crop, ...)
 
     def write(self, cycle: VehicleCycle, ctx: WriteContext) -> str | None:
-        """Queue every action's write for this cycle; returns the saved image's key, if any."""
+        """Append every action's write for this cycle to the outbox; returns the saved image's key, if any."""
+        key, staged = self.plan(cycle, ctx)
+        for s in staged:
+            if not s.writer.submit(s.write, s.ikey):
+                self.failed += 1
+        return key
+
+    def plan(self, cycle: VehicleCycle, ctx: WriteContext) -> tuple[str | None, list[Staged]]:
+        """Every action's write for this cycle, in order, keyed by (camera, display, session, visit, action)."""
+        prefix = f"{ctx.camera_id}/{ctx.display_id}/{ctx.session_id}/{visit_id(cycle)}"
+        staged: list[Staged] = []
         stamp = compact_timestamp(cycle.captured_at)
         context: dict[str, object] = {
             "camera_id": ctx.camera_id, "display_id": ctx.display_id, "subscription_id": ctx.subscription_id,
@@ -62,15 +119,18 @@ class ActionRunner:
                 continue  # a branch that did not run has no actions to run
             for action in [*node.actions, *node.parallel_actions]:
                 try:
-                    self._one(action, cycle, context, branches)
+                    made = self._one(action, cycle, context, branches, f"{prefix}/{len(staged)}")
+                    if made is not None:
+                        staged.append(made)
                 except (TemplateError, ValueError) as err:
                     self.failed += 1
                     self.log.error("action %s of %s skipped: %s", action.type, node.model_id, err)
         key = context["image_key"]
-        return key if isinstance(key, str) else None
+        return (key if isinstance(key, str) else None), staged
 
     def _one(self, action: RedisSaveImage | RedisPublish | PostgresUpdateCombined, cycle: VehicleCycle,
-             context: dict[str, object], branches: dict[str, dict[str, object]]) -> None:
+             context: dict[str, object], branches: dict[str, dict[str, object]], ikey: str) -> Staged:
+        writer: StoreWriter[object, object]
         if isinstance(action, RedisSaveImage):
             if self.redis is None:
                 raise ValueError("no Redis configured")
@@ -86,13 +146,15 @@ class ActionRunner:
             if action.format == "png":
                 context["filename"] = str(context["filename"]).removesuffix(".jpg") + ".png"
             key = fill(action.key, context, branches)
-            self.redis.submit(SaveImage(key, buf.tobytes(), action.expire_seconds))
             context["image_key"] = key
-        elif isinstance(action, RedisPublish):
+            writer = self.redis  # type: ignore[assignment]
+            return Staged(writer, SaveImage(key, buf.tobytes(), action.expire_seconds), ikey)
+        if isinstance(action, RedisPublish):
             if self.redis is None:
                 raise ValueError("no Redis configured")
-            self.redis.submit(Publish(fill(action.channel, context, branches),
-                                      fill_json(action.message, context, branches)))
+            writer = self.redis  # type: ignore[assignment]
+            return Staged(writer, Publish(fill(action.channel, context, branches),
+                                          fill_json(action.message, context, branches), ikey), ikey)
         else:
             if self.postgres is None:
                 raise ValueError("no PostgreSQL configured")
@@ -100,5 +162,6 @@ class ActionRunner:
             if missing:
                 raise ValueError(f"waits for branches without a result: {', '.join(missing)}")
             fields = {col: fill(tpl, context, branches) or None for col, tpl in action.fields.items()}
-            self.postgres.submit(Upsert(action.table, action.key_field, fill(action.key_value, context, branches),
-                                        str(context["display_id"]), cycle.captured_at, fields))
+            writer = self.postgres  # type: ignore[assignment]
+            return Staged(writer, Upsert(action.table, action.key_field, fill(action.key_value, context, branches),
+                                         str(context["display_id"]), cycle.captured_at, fields), ikey)

@@ -15,7 +15,9 @@ import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import ConfigDict, Field, ValidationError, field_validator
+
+from ..config.base import StrictModel, describe_validation_error
 
 DEFAULT_MIN_CONFIDENCE = 0.5
 # Variables every action template may use; branch results are `{<modelId>.<field>}`.
@@ -36,8 +38,8 @@ class PipelineConfigError(ValueError):
     """An archive's pipeline.json cannot be used; the message names the key and its path."""
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+class _Strict(StrictModel):
+    model_config = ConfigDict(**StrictModel.model_config, populate_by_name=True)  # camelCase keys or our names
 
 
 class RedisConfig(_Strict):
@@ -192,17 +194,8 @@ class PipelineConfig(_Strict):
         return roles
 
 
-def _path(loc: tuple[int | str, ...], data: Any) -> str:
-    """Turn pydantic's location into `pipeline.branches[1].resizeTarget` (JSON key names)."""
-    out = ""
-    for part in loc:
-        if isinstance(part, int):
-            out += f"[{part}]"
-        elif part in ("redis_save_image", "redis_publish", "postgresql_update_combined", "Node", "Tracking"):
-            continue  # union member tags pydantic adds to the location
-        else:
-            out += ("." if out else "") + str(part)
-    return out or "(top level)"
+# union member tags pydantic adds to error locations: not keys of pipeline.json
+_UNION_TAGS = frozenset({"redis_save_image", "redis_publish", "postgresql_update_combined", "Node", "Tracking"})
 
 
 def placeholders(template: str) -> list[str]:
@@ -281,8 +274,6 @@ def parse_pipeline(data: Any, model_dir: Path | None = None) -> PipelineConfig:
     try:
         config = PipelineConfig.model_validate(data)
     except ValidationError as err:
-        first = err.errors()[0]
-        more = f" (and {err.error_count() - 1} more)" if err.error_count() > 1 else ""
-        raise PipelineConfigError(f"{_path(tuple(first['loc']), data)}: {first['msg']}{more}") from None
+        raise PipelineConfigError(describe_validation_error(err, skip=_UNION_TAGS)) from None
     _check_semantics(config, model_dir)
     return config

@@ -1,14 +1,22 @@
 """The two stores of the pipeline's actions: Redis (crop images, events) and PostgreSQL (results).
 
-Connection settings come from the archive's `redis`/`postgresql` sections unless the deployment
-gives its own (`REDIS_URL`/`DATABASE_URL` or the worker spec), so archives need no secrets.
+Store targets come only from the operator (the worker spec's `stores`, else REDIS_URL /
+DATABASE_URL): an archive is untrusted input and names only tables, columns and key templates
+(validated: actions.check_targets). Its own `redis`/`postgresql` sections are ignored.
+
+Every write is idempotent, so a replay from the outbox changes nothing: an image is a SET of a
+key derived from (camera, session, vehicle visit); a row is an upsert on its key; a publish
+carries its idempotency key and is sent at most once per key (a Lua script sets a guard key
+NX with a TTL and publishes only when it was not set).
 """
 
 from __future__ import annotations
 
+import base64
 import contextlib
+import json
 import logging
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from typing import Any
 
@@ -17,8 +25,10 @@ import psycopg2.errors
 import psycopg2.extensions
 import redis
 from psycopg2 import sql
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 
-from .schema import PostgresConfig, RedisConfig
+from .outbox import Outbox
 from .stores import StoreWriter
 
 
@@ -33,6 +43,7 @@ class SaveImage:
 class Publish:
     channel: str
     message: str
+    dedupe_key: str | None = None  # published at most once per key (for PUBLISH_GUARD_TTL_S)
 
 
 @dataclass(frozen=True)
@@ -48,49 +59,96 @@ class Upsert:
 RedisWrite = SaveImage | Publish
 
 
-def redis_url(config: RedisConfig | None, override: str | None) -> str:
-    if override:
-        return override
-    c = config or RedisConfig()
-    auth = f":{c.password}@" if c.password else ""
-    return f"redis://{auth}{c.host}:{c.port}/{c.db}"
+class NoStoreTarget(ValueError):
+    """The archive's actions need a store the operator did not configure."""
 
 
-def postgres_dsn(config: PostgresConfig | None, override: str | None) -> str:
-    if override:
-        return override
-    if config is None:
-        raise ValueError("no PostgreSQL settings: give the archive a postgresql section or set DATABASE_URL")
-    parts: dict[str, Any] = {"host": config.host, "port": config.port, "dbname": config.database}
-    if config.username:
-        parts["user"] = config.username
-    if config.password:
-        parts["password"] = config.password
-    return str(psycopg2.extensions.make_dsn(**parts))
+def redis_url(override: str | None) -> str:
+    """The operator's Redis (spec `stores.redis_url` or REDIS_URL); never the archive's."""
+    if not override:
+        raise NoStoreTarget("the pipeline saves to Redis but no Redis is configured: set stores.redis_url "
+                            "(gateway.yaml redis_url) or REDIS_URL")
+    return override
 
 
-def redis_writer(url: str, log: logging.Logger) -> StoreWriter[redis.Redis, RedisWrite]:
+def postgres_dsn(override: str | None) -> str:
+    """The operator's PostgreSQL (spec `stores.database_url` or DATABASE_URL); never the archive's."""
+    if not override:
+        raise NoStoreTarget("the pipeline writes to PostgreSQL but no database is configured: set "
+                            "stores.database_url (gateway.yaml database_url) or DATABASE_URL")
+    return override
+
+
+PUBLISH_GUARD_TTL_S = 7 * 24 * 3600
+_GUARDED_PUBLISH = """
+if redis.call('SET', KEYS[1], '1', 'NX', 'EX', ARGV[3]) then
+  return redis.call('PUBLISH', ARGV[1], ARGV[2])
+end
+return -1
+"""
+
+# Replies of a Redis that can't serve the write now (read-only replica after a failover, out of
+# memory, loading, cluster down, a busy script...): outages, retried; any other reply is the write's own fault.
+_REDIS_OUTAGE_REPLIES = ("READONLY", "OOM", "TRYAGAIN", "MASTERDOWN", "LOADING", "CLUSTERDOWN", "BUSY ",
+                         "NOREPLICAS", "MISCONF", "NOTREADY")
+
+
+def redis_is_outage(err: BaseException) -> bool:
+    if isinstance(err, (redis.ConnectionError, redis.TimeoutError, OSError, redis.exceptions.ReadOnlyError,
+                        redis.exceptions.OutOfMemoryError, redis.exceptions.TryAgainError,
+                        redis.exceptions.MasterDownError, redis.exceptions.BusyLoadingError,
+                        redis.exceptions.ClusterDownError)):
+        return True
+    if isinstance(err, redis.ResponseError):
+        text = str(err).lstrip().upper()
+        return any(text.startswith(reply) for reply in _REDIS_OUTAGE_REPLIES)
+    return False
+
+
+def encode_redis(write: RedisWrite) -> bytes:
+    if isinstance(write, SaveImage):
+        return json.dumps({"t": "image", "key": write.key, "data": base64.b64encode(write.data).decode(),
+                           "ex": write.expire_seconds}).encode()
+    return json.dumps({"t": "publish", **asdict(write)}).encode()
+
+
+def decode_redis(data: bytes) -> RedisWrite:
+    d = json.loads(data)
+    if d["t"] == "image":
+        return SaveImage(d["key"], base64.b64decode(d["data"]), d["ex"])
+    return Publish(d["channel"], d["message"], d.get("dedupe_key"))
+
+
+def redis_writer(url: str, log: logging.Logger, outbox: Outbox | None = None,
+                 start: bool = True) -> StoreWriter[redis.Redis, RedisWrite]:
     def connect() -> redis.Redis:
-        conn = redis.Redis.from_url(url, socket_connect_timeout=2, socket_timeout=5)
+        # no retries of redis-py's own: the writer's backoff is the only one (a frozen Redis would
+        # otherwise hold one write for ~50 s of stacked retries)
+        conn = redis.Redis.from_url(url, socket_connect_timeout=2, socket_timeout=5, retry=Retry(NoBackoff(), 0),
+                                    retry_on_timeout=False, retry_on_error=[])
         conn.ping()
         return conn
 
     def apply(conn: redis.Redis, write: RedisWrite) -> None:
         if isinstance(write, SaveImage):
             conn.set(write.key, write.data, ex=write.expire_seconds)
-        else:
+        elif write.dedupe_key is None:
             conn.publish(write.channel, write.message)
+        else:
+            conn.eval(_GUARDED_PUBLISH, 1, f"outbox:published:{write.dedupe_key}", write.channel, write.message,
+                      PUBLISH_GUARD_TTL_S)
 
-    def is_outage(err: BaseException) -> bool:
-        return isinstance(err, (redis.ConnectionError, redis.TimeoutError, OSError))
-
-    return StoreWriter("redis", connect, apply, lambda c: c.close(), is_outage, log=log)
+    return StoreWriter("redis", connect, apply, lambda c: c.close(), redis_is_outage, encode=encode_redis,
+                       decode=decode_redis, outbox=outbox, log=log, start=start)
 
 
 # SQLSTATE classes of a server that can't serve the write now: connection exception, transaction
 # rollback (deadlock, serialization), insufficient resources, object in use / lock not available,
 # operator intervention (shutdown, starting up, cancelled), system error.
 _OUTAGE_SQLSTATE_CLASSES = frozenset({"08", "40", "53", "55", "57", "58"})
+# ... and single codes of other classes: a read-only server (a hot standby after a failover,
+# default_transaction_read_only) is 25006, raised as InternalError.
+_OUTAGE_SQLSTATES = frozenset({"25006"})
 
 
 class _Tables:
@@ -133,7 +191,31 @@ def _upsert(cur: Any, write: Upsert) -> None:
     ), values)
 
 
-def postgres_writer(dsn: str, log: logging.Logger) -> StoreWriter[Any, Upsert]:
+def postgres_is_outage(err: BaseException) -> bool:
+    if isinstance(err, psycopg2.InterfaceError):
+        return True
+    if not isinstance(err, psycopg2.Error):
+        return False
+    code = err.pgcode
+    if code is None:
+        # No SQLSTATE: the connection itself failed (refused, closed, timed out)
+        return isinstance(err, psycopg2.OperationalError)
+    # With one, only a server that can't serve now is an outage; psycopg2 also raises
+    # OperationalError for the write's own faults (54: an index row too large, ...), which
+    # retrying would repeat forever.
+    return code[:2] in _OUTAGE_SQLSTATE_CLASSES or code in _OUTAGE_SQLSTATES
+
+
+def encode_upsert(write: Upsert) -> bytes:
+    return json.dumps(asdict(write)).encode()
+
+
+def decode_upsert(data: bytes) -> Upsert:
+    return Upsert(**json.loads(data))
+
+
+def postgres_writer(dsn: str, log: logging.Logger, outbox: Outbox | None = None,
+                    start: bool = True) -> StoreWriter[Any, Upsert]:
     tables = _Tables()
 
     def connect() -> Any:
@@ -153,14 +235,5 @@ def postgres_writer(dsn: str, log: logging.Logger) -> StoreWriter[Any, Upsert]:
                 tables.ready.add(shape)
             _upsert(cur, write)
 
-    def is_outage(err: BaseException) -> bool:
-        if isinstance(err, psycopg2.InterfaceError):
-            return True
-        if not isinstance(err, psycopg2.OperationalError):
-            return False
-        # No SQLSTATE: the connection itself failed (refused, closed, timed out). With one, only a
-        # server that can't serve now is an outage; psycopg2 also raises OperationalError for the
-        # write's own faults (54: an index row too large, ...), which retrying would repeat forever.
-        return err.pgcode is None or err.pgcode[:2] in _OUTAGE_SQLSTATE_CLASSES
-
-    return StoreWriter("postgresql", connect, apply, lambda c: c.close(), is_outage, log=log)
+    return StoreWriter("postgresql", connect, apply, lambda c: c.close(), postgres_is_outage, encode=encode_upsert,
+                       decode=decode_upsert, outbox=outbox, log=log, start=start)

@@ -18,7 +18,7 @@ import urllib.parse
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal, Protocol
+from typing import Any, Literal, Protocol
 
 import cv2
 import numpy as np
@@ -115,6 +115,18 @@ class RtspSource:
         return mask_url(self._url)
 
 
+class HttpOnlyRedirects(urllib.request.HTTPRedirectHandler):
+    """Follow redirects to http(s) only (urllib also follows ftp://, a camera has no business there)."""
+
+    def redirect_request(self, req: urllib.request.Request, fp: Any, code: int, msg: str, headers: Any,
+                         newurl: str) -> urllib.request.Request | None:
+        scheme = urllib.parse.urlsplit(urllib.parse.urljoin(req.full_url, newurl)).scheme.lower()
+        if scheme not in ("http", "https"):
+            raise SourceError(f"redirect to a {scheme}: URL refused from {mask_url(req.full_url)} "
+                              "(snapshots follow http and https redirects only)")
+        return super().redirect_request(req, fp, code, msg, headers, newurl)
+
+
 class SnapshotSource:
     """An HTTP(S) camera polled for a JPEG every interval_ms; a bad status or body is a failure."""
 
@@ -123,7 +135,7 @@ class SnapshotSource:
         self._interval_s = interval_ms / 1000.0
         self._timeout_s = timeout_s
         # LAN cameras: no proxy; user:password@ becomes HTTP auth (detector_worker.urls)
-        self._clean_url, self._opener = opener_for(url, urllib.request.ProxyHandler({}))
+        self._clean_url, self._opener = opener_for(url, urllib.request.ProxyHandler({}), HttpOnlyRedirects())
         self._interrupted = threading.Event()
         self._pending: BgrImage | None = None
         self._next_due = 0.0

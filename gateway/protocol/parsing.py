@@ -120,7 +120,7 @@ def _text(raw: str | bytes | bytearray | memoryview, max_bytes: int) -> str:
 
 def _invalid(err: ValidationError, type_: str, prefix: tuple[str | int, ...],
              subscription_identifier: str | None = None) -> ProtocolError:
-    return ProtocolError(ErrorCode.INVALID_MESSAGE, describe_validation_error(err, prefix=prefix), type_,
+    return ProtocolError(ErrorCode.INVALID_MESSAGE, describe_validation_error(err, prefix=prefix, top_level=""), type_,
                          subscription_identifier=subscription_identifier)
 
 
@@ -173,7 +173,8 @@ def _parse_list(data: Mapping[str, Any]) -> SetSubscriptionList:
         try:
             item = WireSubscription.model_validate(raw)
         except ValidationError as err:
-            refused.append(RefusedItem(index, identifier, describe_validation_error(err, prefix=(*prefix, index))))
+            why = describe_validation_error(err, prefix=(*prefix, index), top_level="")
+            refused.append(RefusedItem(index, identifier, why))
             continue
         seen = first_seen.setdefault(item.subscription_identifier, index)
         if seen != index:

@@ -263,6 +263,10 @@ def run_example(w: World, frame: str | bytes | list[str] | list[bytes]) -> None:
     except p.ProtocolError as err:
         expected = err
     verdict = oracle_message(plain_json(whole))
+    if verdict is None and not isinstance(expected, p.ProtocolError):
+        # JSON the oracle leaves to the parser's rules (e.g. a lone surrogate in an ignored key), and
+        # the parser took it: the oracle judges the decoded message all the same
+        verdict = oracle_message(json.loads(whole))
     with contextlib.suppress(InvalidArgument):
         note(f"oracle: {verdict}")
     if verdict is not None:  # the oracle judges this one: the parser must agree with it
@@ -286,7 +290,7 @@ def run_example(w: World, frame: str | bytes | list[str] | list[bytes]) -> None:
         assert replies == [json.loads(p.dump_outgoing(p.error_message(expected)))], (replies, expected)
         assert "index" not in replies[0]["error"]
     else:
-        assert verdict is not None, f"accepted, but the oracle could not judge it: {whole[:200]!r}"
+        assert verdict is not None
         w.valid += 1
         others = [m for m in replies if m["type"] != "error"]
         assert [m["type"] for m in others] == (["stateReport"] if verdict.type == "requestState" else []), replies
@@ -356,7 +360,7 @@ def _plain(value: Any) -> bool:
     if isinstance(value, float):
         return value not in (float("inf"), float("-inf"))
     if isinstance(value, int) and not isinstance(value, bool):
-        return len(str(abs(value))) <= 300
+        return len(str(abs(value))) <= 400  # the parser's own bound on digits
     if isinstance(value, str):
         return True
     if isinstance(value, list):

@@ -114,7 +114,7 @@ def test_an_explicit_role_wins_over_a_guess() -> None:
 
 @pytest.mark.parametrize(("change", "problem"), [
     (lambda d: d["pipeline"]["branches"][0].update(resultRole="make"),
-     "pipeline.branches[0].resultRole: Input should be 'brand' or 'body_type'"),
+     "pipeline.branches[0].resultRole: must be 'brand' or 'body_type'"),
     (lambda d: d["pipeline"]["branches"][1].update(resultRole="brand"),
      "pipeline: resultRole 'brand' is given to more than one node"),
     (lambda d: d["pipeline"].update(resultRole="brand"),
@@ -126,9 +126,9 @@ def test_an_explicit_role_wins_over_a_guess() -> None:
     (lambda d: d["pipeline"]["branches"][1].update(expectedClasses=["Car"]),
      "pipeline.branches[1].expectedClasses: only the root node"),
     (lambda d: d["pipeline"].update(tracking=False),
-     "pipeline.tracking: Value error, tracking cannot be turned off"),
+     "pipeline.tracking: tracking cannot be turned off"),
     (lambda d: d["pipeline"].update(tracking={"enabled": False}),
-     "pipeline.tracking.enabled: Input should be True"),
+     "pipeline.tracking.enabled: must be True"),
     (lambda d: d["pipeline"]["branches"][0].update(tracking={"maxAge": 3}),
      "pipeline.branches[0].tracking: only the root node tracks vehicles"),
 ])

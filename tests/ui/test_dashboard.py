@@ -138,7 +138,8 @@ def test_stop_and_start_buttons_act_through_supervisord(browser: Any) -> None:
     browser.find_element("id", "btn-stop").click()
     wait(lambda: supervisor_state("camera-cam-001") == "STOPPED", 3, "supervisorctl: camera-cam-001 STOPPED")
     browser.execute_script("location.hash = '#/'")
-    wait(lambda: tiles(browser).get("cam-001", {}).get("state") == "STOPPED", max(0.1, 3 - (time.monotonic() - pressed)),
+    left = max(0.1, 3 - (time.monotonic() - pressed))
+    wait(lambda: tiles(browser).get("cam-001", {}).get("state") == "STOPPED", left,
          "the tile to say STOPPED within 3 s of the press")
     assert tiles(browser)["cam-002"]["state"] == "ONLINE"
     time.sleep(6)  # past the gateway's reconcile: an operator stop stays stopped
