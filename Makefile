@@ -5,7 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 SUPERVISORCTL := $(VENV)/bin/supervisorctl -c conf/supervisord.conf
 
-.PHONY: help bootstrap lock run stop status reload demo test check lint typecheck unit fast bench models fuzz clean
+.PHONY: help bootstrap lock run stop status reload demo test check lint typecheck unit fast bench models fuzz soak clean
 
 help:
 	@echo "make run      start the fleet (supervisord + demo RTSP cameras), offline"
@@ -18,6 +18,7 @@ help:
 	@echo "make bench    print model accuracy and speed figures"
 	@echo "make models   retrain the stand-in models from generated data and repack the archive"
 	@echo "make fuzz     the hostile-input suite with many more fuzz cases (FUZZ_EXAMPLES=5000)"
+	@echo "make soak     not in CI: 100 worker kill -9s (exactly once), then 4 cameras for SOAK_MINUTES (60)"
 
 bootstrap:
 	@scripts/bootstrap.sh
@@ -71,7 +72,7 @@ test: lint typecheck unit
 # slow/fault/hostile; docs/testing.md). FAST_MARKERS is the selection, also usable by hand.
 FAST_MARKERS := not slow and not fault and not hostile
 fast: bootstrap
-	@eval "$$($(PY) scripts/test_services.py)" && $(PY) -m pytest -q -m "$(FAST_MARKERS)"
+	@eval "$$($(PY) scripts/test_services.py)" && $(PY) -m pytest -m "$(FAST_MARKERS)"
 
 check: lint typecheck fast
 
@@ -85,6 +86,14 @@ models: bootstrap
 fuzz: bootstrap
 	@eval "$$($(PY) scripts/test_services.py)" && FUZZ_EXAMPLES=$${FUZZ_EXAMPLES:-5000} \
 		$(PY) -m pytest tests/hostile -q --basetemp=/tmp/hostile-fuzz-$$$$
+
+# Not in CI. The exactly-once fault test with 100 kill -9s (make test runs it with 3), then the
+# hour-long soak: 4 cameras, sessions bound, RSS/fds sampled, bench/results/soak.{json,png}.
+SOAK_MINUTES ?= 60
+soak: bootstrap
+	@eval "$$($(PY) scripts/test_services.py)" && EXACTLY_ONCE_KILLS=100 $(PY) -m pytest -q -s -p no:randomly \
+		"tests/faults/test_exactly_once.py::test_kill_9_many_times_with_sessions_bound_loses_and_duplicates_nothing" \
+		&& $(PY) -m bench.soak --minutes $(SOAK_MINUTES)
 
 clean:
 	rm -rf build .pytest_cache .mypy_cache .ruff_cache

@@ -3,6 +3,12 @@
 Displays with the same archive share one `PipelineInstance` (its models and branch pool), and
 displays with the same archive and crop share one `Lane` (one tracker, one cycle per vehicle).
 All of it belongs to this one worker process: nothing here is shared with another camera.
+
+Workers run ONNX only (a `.pt` is a pickle: loading one can run code from the archive). An
+archive's packed `.onnx` files are used as they are; an archive holding only `.pt` files is
+converted (in a confined child with torch's safe loader, `pipeline/export.py`) only where the
+operator's `ModelPolicy` allows it. A display whose pipeline cannot be built is its own failure:
+the others are built, and its error is reported (`Pipelines.errors`).
 """
 
 from __future__ import annotations
@@ -10,23 +16,28 @@ from __future__ import annotations
 import logging
 import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .config.spec import Subscription, WorkerSpec
+from .config.spec import ModelPolicy, ModelRef, Subscription, WorkerSpec
 from .gpu import gpu_memory_total_bytes
 from .pipeline.actions import ActionRunner
-from .pipeline.archive import open_archive
+from .pipeline.archive import ArchiveError, CachedArchive, acquire_archive, load_pipeline
 from .pipeline.engine import Lane, PipelineInstance
 from .pipeline.export import export_in_subprocess
+from .pipeline.models import ModelLoadError, onnx_path
 from .pipeline.outbox import Outbox
-from .pipeline.schema import PipelineConfig
+from .pipeline.schema import PipelineConfig, PipelineConfigError
 from .pipeline.sessions import DisplaySession
 from .pipeline.sinks import postgres_dsn, postgres_writer, redis_url, redis_writer
 from .pipeline.stores import StoreWriter
 from .pipeline.visits import LaneMemory
 
 log = logging.getLogger(__name__)
+Progress = Callable[[str, str], None]  # (phase, detail), e.g. ("converting", "car.mpta: 3 model(s)")
+# What makes one display's pipeline unbuildable; anything else is a bug and stops the worker.
+DISPLAY_ERRORS = (ArchiveError, ModelLoadError, PipelineConfigError, ValueError, OSError)
 
 
 @dataclass
@@ -42,6 +53,8 @@ class Pipelines:
     writers: list[StoreWriter[object, object]]
     groups: list[LaneGroup]
     closed: bool = False
+    errors: dict[str, str] = field(default_factory=dict)  # display id → why it cannot run
+    archives: list[CachedArchive] = field(default_factory=list)  # held in use while these run
 
     @property
     def displays(self) -> dict[str, DisplaySession]:
@@ -70,15 +83,67 @@ class Pipelines:
             writer.close(max(0.05, deadline - time.monotonic()))
         for instance in self.instances:
             instance.close()
+        for archive in self.archives:
+            archive.close()
         self.closed = True
 
 
-def prepare_onnx(model_dir: Path) -> None:
-    """Export the archive's .pt models to ONNX in a child process: torch never enters this one."""
-    if all(p.with_suffix(".onnx").exists() for p in model_dir.glob("*.pt")):
+def prepare_onnx(model_dir: Path, config: PipelineConfig | None = None, *, url: str = "", sha256: str = "",
+                 policy: ModelPolicy | None = None, on_progress: Progress | None = None) -> None:
+    """Make sure every model of the archive has its `.onnx`: packed in the archive (preferred), or
+    converted from its `.pt` in a confined child (torch never enters this process) when `policy`
+    allows this archive (by URL prefix or digest). ArchiveError, naming what to set, otherwise."""
+    config = config or load_pipeline(model_dir)
+    models = [model_dir / node.model_file for node in config.pipeline.walk()]
+    missing = [m for m in models if not onnx_path(m).is_file()]
+    if not missing:
         return
-    log.info("exporting the models of %s to ONNX (once per model)", model_dir.name)
-    export_in_subprocess(model_dir)
+    names = ", ".join(sorted({m.name for m in missing}))
+    if policy is not None and not policy.may_convert(url, sha256):
+        raise ArchiveError(
+            f"{model_dir.name}: holds only .pt model files ({names}) and workers run ONNX only (a .pt is a "
+            f"pickle that can run code); pack the .onnx exports into the archive (`make models` does), or let "
+            f"workers convert it: add {sha256} to models.convert_pt_sha256 (or a prefix of its URL to "
+            f"models.convert_pt_from) in the gateway settings, or the same keys of the cameras.yaml model policy")
+    log.info("converting %s of %s to ONNX in a confined child (allowed by the model policy)", names, model_dir.name)
+    if on_progress is not None:
+        on_progress("converting", f"{model_dir.name}: {names}")
+    export_in_subprocess(model_dir, on_progress=(lambda detail: on_progress("converting", detail))
+                         if on_progress is not None else None)
+
+
+def _pin(ref: ModelRef, policy: ModelPolicy) -> str | None:
+    pin = ref.sha256 or policy.pinned_sha256.get(ref.url)
+    if ref.sha256 and pin != policy.pinned_sha256.get(ref.url, pin):
+        raise ArchiveError(f"{ref.url}: two different sha256 pins (the subscription's and models.pinned_sha256)")
+    return pin
+
+
+def _open_instance(spec: WorkerSpec, ref: ModelRef, on_progress: Progress | None
+                   ) -> tuple[PipelineConfig, PipelineInstance, CachedArchive]:
+    """Fetch (or find cached), check, convert if allowed, and load one archive's models."""
+    backend = ref.backend or spec.inference.backend
+    if backend != "onnx":
+        raise ModelLoadError(f"backend {backend!r} loads .pt files with pickle (code from the archive); "
+                             "workers run ONNX only: set inference.backend (and the model's backend) to onnx")
+    if on_progress is not None:
+        on_progress("fetching", ref.url)
+    archive = acquire_archive(ref.url, spec.model_cache_dir, ref.id, sha256=_pin(ref, spec.model_policy),
+                              on_progress=on_progress)
+    try:
+        config = load_pipeline(archive.directory)
+        prepare_onnx(archive.directory, config, url=ref.url, sha256=archive.sha256, policy=spec.model_policy,
+                     on_progress=on_progress)
+        if on_progress is not None:
+            on_progress("opening", config.pipeline.model_id)
+        providers, gpu_limit = _device(spec)
+        instance = PipelineInstance(config, archive.directory, backend=backend, threads=spec.inference.threads,
+                                    providers=providers, gpu_memory_limit_bytes=gpu_limit)
+    except BaseException:
+        archive.close()
+        raise
+    log.info("pipeline %s loaded from %s (%s backend)", config.pipeline.model_id, archive.directory.name, backend)
+    return config, instance, archive
 
 
 def outbox_path(spec: WorkerSpec) -> Path:
@@ -114,26 +179,32 @@ def _store_writers(config: PipelineConfig, spec: WorkerSpec, outbox: Outbox | No
     return made.get("redis") if wants_redis else None, made.get("postgresql") if wants_pg else None
 
 
-def build_pipelines(spec: WorkerSpec, outbox: Outbox | None = None) -> Pipelines:
+def build_pipelines(spec: WorkerSpec, outbox: Outbox | None = None, on_progress: Progress | None = None) -> Pipelines:
     """With `outbox` (the worker's), store writers start only with `Pipelines.start()`, and session
-    and lane state is restored from it."""
+    and lane state is restored from it. A display whose pipeline cannot be built is left out, its
+    error in `Pipelines.errors` (logged once); when no display can run, the first error is raised
+    (the worker then cannot start). `on_progress(phase, detail)` hears of fetches and conversions."""
     instances: dict[str, tuple[PipelineInstance, ActionRunner]] = {}
+    failed: dict[str, Exception] = {}
+    archives: list[CachedArchive] = []
     made: dict[str, StoreWriter[object, object]] = {}
     groups: dict[tuple[str, tuple[int, int, int, int] | None], LaneGroup] = {}
+    errors: dict[str, str] = {}
     for sub in spec.subscriptions:
         key = f"{sub.model.id}|{sub.model.url}"
-        if key not in instances:
-            model_dir, config = open_archive(sub.model.url, spec.model_cache_dir, sub.model.id)
-            backend = sub.model.backend or spec.inference.backend
-            if backend == "onnx":
-                prepare_onnx(model_dir)
-            providers, gpu_limit = _device(spec)
-            instance = PipelineInstance(config, model_dir, backend=backend, threads=spec.inference.threads,
-                                        providers=providers, gpu_memory_limit_bytes=gpu_limit)
-            redis, pg = _store_writers(config, spec, outbox, made)
-            instances[key] = (instance, ActionRunner(config.pipeline, redis, pg,  # type: ignore[arg-type]
-                                                     logging.getLogger("detector_worker.actions")))
-            log.info("pipeline %s loaded from %s (%s backend)", config.pipeline.model_id, model_dir.name, backend)
+        if key not in instances and key not in failed:
+            try:
+                config, instance, archive = _open_instance(spec, sub.model, on_progress)
+            except DISPLAY_ERRORS as err:
+                failed[key] = err
+            else:
+                archives.append(archive)
+                redis, pg = _store_writers(config, spec, outbox, made)
+                instances[key] = (instance, ActionRunner(config.pipeline, redis, pg,  # type: ignore[arg-type]
+                                                         logging.getLogger("detector_worker.actions")))
+        if key in failed:
+            errors[sub.display_id] = str(failed[key])
+            continue
         instance, actions = instances[key]
         crop = sub.crop.box if sub.crop else None
         group = groups.get((key, crop))
@@ -144,7 +215,14 @@ def build_pipelines(spec: WorkerSpec, outbox: Outbox | None = None) -> Pipelines
                 logging.getLogger("detector_worker.sessions"))
             group = groups[(key, crop)] = LaneGroup(lane, memory=memory)
         group.displays.append(_display(spec, sub, instance, actions, outbox))
-    return Pipelines([i for i, _ in instances.values()], list(made.values()), list(groups.values()))
+    if failed and not instances:
+        for archive in archives:
+            archive.close()
+        raise next(iter(failed.values()))  # the worker's one "cannot start" line
+    for display_id, error in errors.items():
+        log.error("display %s cannot start: %s (the camera's other displays run)", display_id, error)
+    return Pipelines([i for i, _ in instances.values()], list(made.values()), list(groups.values()), errors=errors,
+                     archives=archives)
 
 
 def _device(spec: WorkerSpec) -> tuple[list[str] | None, int | None]:

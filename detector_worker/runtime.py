@@ -44,6 +44,7 @@ from .pipeline.models import ModelLoadError
 from .pipeline.schema import PipelineConfigError
 from .pipeline.sessions import DisplaySession, Written
 from .pipelines import Pipelines, build_pipelines, open_outbox
+from .startup import StartupBeats
 from .video.backoff import Backoff
 from .video.reader import LatestFrameReader
 from .video.sources import SourceSpec, make_source
@@ -110,8 +111,11 @@ class Worker:
         self.bus = WorkerBus(spec.camera_id, spec.slug, spec.bus.push_endpoint, spec.bus.control_endpoint,
                              send_hwm=spec.bus.send_hwm, log=logging.getLogger("detector_worker.bus"))
         self.status_events: queue.SimpleQueue[tuple[bool, str]] = queue.SimpleQueue()
-        self.outbox = open_outbox(spec)  # the camera's durable store writes and session state
-        self.pipelines: Pipelines = self._build(spec)
+        self.started = time.monotonic()
+        # heartbeats (phase "starting", "fetching", ...) from here on: a long fetch is not a hang
+        with StartupBeats(self.bus, spec.camera_id, self.started, spec.bus.heartbeat_interval_s) as beats:
+            self.outbox = open_outbox(spec)  # the camera's durable store writes and session state
+            self.pipelines: Pipelines = self._build(spec, beats.progress)
         self.pipelines.start()
         self.control_state: dict[str, tuple[int | str | None, str | None]] = {}
         self.reader = self._start_reader()
@@ -119,7 +123,6 @@ class Worker:
         self._past_reconnects = self._past_stalls = 0  # of readers replaced by a reload
         self._past_store_failed = 0  # of pipelines replaced by a reload
         self.process = psutil.Process()
-        self.started = time.monotonic()
         self.online = False
         self.last_error: str | None = None
         self._processed = self._fps_count = 0
@@ -127,8 +130,11 @@ class Worker:
         self.live_until, self.live_interval_s = 0.0, 0.4  # a dashboard watches (Live lease): snapshots faster
         self.live_kick = False  # a new lease: the next frame's snapshot goes at once
 
-    def _build(self, spec: WorkerSpec) -> Pipelines:
-        pipelines = build_pipelines(spec, self.outbox)
+    def _build(self, spec: WorkerSpec, on_progress: Callable[[str, str], None] | None = None) -> Pipelines:
+        if on_progress is None:  # a reload: heartbeats go on while a new archive is fetched or converted
+            with StartupBeats(self.bus, spec.camera_id, self.started, spec.bus.heartbeat_interval_s) as beats:
+                return self._build(spec, beats.progress)
+        pipelines = build_pipelines(spec, self.outbox, on_progress=on_progress)
         for display in pipelines.displays.values():
             display.make_notice = self._session_result  # sent once the session's writes are committed
         return pipelines
@@ -352,7 +358,7 @@ class Worker:
                              dropped=self.bus.dropped, rss_mb=self.process.memory_info().rss / 2**20,
                              last_error=self.last_error, frames_processed=self._processed,
                              store_pending=store_pending, store_failed=self._past_store_failed + store_failed,
-                             store_quota_full=self.outbox.quota_full))
+                             store_quota_full=self.outbox.quota_full, display_errors=self.pipelines.errors))
 
     def _over_memory(self) -> bool:
         rss_mb = self.process.memory_info().rss / 2**20
@@ -389,7 +395,7 @@ def run_worker(spec: WorkerSpec, reload_spec: Callable[[], WorkerSpec] | None = 
     threading.current_thread().name = f"camera-{spec.slug}"
     try:
         worker = Worker(spec, flags, reload_spec)
-    except (ArchiveError, ModelLoadError, PipelineConfigError, ValueError) as err:
+    except (ArchiveError, ModelLoadError, PipelineConfigError, ValueError, OSError) as err:
         # one clear line instead of a traceback; supervisord retries (a model server may be back)
         log.error("cannot start: %s", err)
         return EXIT_CANNOT_START

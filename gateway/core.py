@@ -91,7 +91,6 @@ class Gateway:
         self._reload_on_hello: set[str] = set()  # cameras whose reload found no worker connected
         self._quiet = LogLimiter()  # repeated bad input: one line per key and interval
         self.gpu: tuple[float, float] = (0.0, 0.0)
-        self.observers: list[Callable[[AnyWorkerMessage], None]] = []  # e.g. the dashboard: sees every bus message
         self._dirty = asyncio.Event()
         self._applied = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
@@ -300,8 +299,6 @@ class Gateway:
 
     def on_bus_message(self, msg: AnyWorkerMessage) -> None:
         self.metrics.bus_messages.labels(msg.type).inc()
-        for observe in self.observers:
-            observe(msg)
         if isinstance(msg, ProcessState):
             camera_id = next((c for c, p in self.programs.items() if p.name == msg.name), None)
             if camera_id is not None and camera_id in self.states:
@@ -330,7 +327,7 @@ class Gateway:
                 and any(s.subscription_identifier == subscription_identifier for s in p.spec.subscriptions))
 
     def _relay_detection(self, state: CameraState, msg: DisplayDetection) -> None:
-        state.detections += 1
+        state.on_detection(msg)
         self.metrics.detections.labels(msg.camera).inc()
         if not self._for_backend(msg.camera, msg.subscription_identifier):
             return
@@ -380,9 +377,8 @@ class Gateway:
             if state.process_state == "RUNNING" and state.silent_for() > timeout:
                 log.error("camera %s: no heartbeat for %.0f s while its process runs: restarting it",
                           camera_id, state.silent_for())
-                state.hung_restarts += 1
+                state.on_hung_restart()
                 self.metrics.hung_restarts.labels(camera_id).inc()
-                state.last_heartbeat = time.monotonic()  # one restart per timeout, not one per poll
                 await self._supervise(self.supervisor.restart, program.name)
 
     async def _gpu_loop(self) -> None:

@@ -13,9 +13,12 @@ restarts, which Prometheus reads as a counter reset. `restarts`, `hung_restarts`
 from __future__ import annotations
 
 import time
+from collections import deque
 from dataclasses import dataclass, field
 
-from detector_worker.comms.messages import Heartbeat, Snapshot, Status
+from detector_worker.comms.messages import DisplayDetection, Heartbeat, Snapshot, Status
+
+RECENT_DETECTIONS = 20  # kept per camera for the dashboard's camera page
 
 
 @dataclass
@@ -43,6 +46,7 @@ class CameraState:
     last_heartbeat: float | None = None  # monotonic
     worker_pid: int | None = None
     snapshot: Snapshot | None = None
+    recent: deque[DisplayDetection] = field(default_factory=lambda: deque(maxlen=RECENT_DETECTIONS), repr=False)
     _seen_running: bool = field(default=False, repr=False)
 
     @property
@@ -70,8 +74,9 @@ class CameraState:
         self.last_heartbeat = time.monotonic()
         self.worker_pid = msg.pid
 
-    def on_detection(self) -> None:
+    def on_detection(self, msg: DisplayDetection) -> None:
         self.detections += 1
+        self.recent.append(msg)
 
     def on_hung_restart(self) -> None:
         """The gateway restarts this worker because its heartbeats stopped while the process ran."""

@@ -12,6 +12,10 @@ Fixed seeds and deterministic training make a re-run reproduce the same figures.
 
 `--pack-only` rewrites `pipeline.json` (e.g. after a change to `standin_pipeline`) around the
 committed weights, without training; the zip is deterministic, so unchanged input gives the same bytes.
+
+The archive holds each model's `.onnx` beside its `.pt`: workers run ONNX only and never unpickle
+a `.pt`. The `.onnx` files are kept in `models/` too (an ONNX export is not byte-for-byte
+reproducible, so `--pack-only` reuses them; it exports, with torch's safe loader, only a missing one).
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ import argparse
 import copy
 import shutil
 import sys
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,9 +38,17 @@ prepare_ultralytics()
 
 import yaml  # noqa: E402
 
+from detector_worker.pipeline.export import export_in_subprocess  # noqa: E402
 from detector_worker.synthetic import datasets, evaluate  # noqa: E402
 from detector_worker.synthetic.catalog import BODY_TYPE_NAMES, BRAND_NAMES  # noqa: E402
-from detector_worker.synthetic.standin import pack_standin_pipeline  # noqa: E402
+from detector_worker.synthetic.standin import (  # noqa: E402
+    ARCHIVE_NAME,
+    BODY,
+    BRAND,
+    DETECTOR,
+    pack_archive,
+    standin_pipeline,
+)
 
 TRAIN_SEED, HELDOUT_SEED = 1000, 2000
 
@@ -85,6 +98,28 @@ def train(cfg: Path, data: Path, name: str, work: Path, **kwargs: object) -> Pat
     return best
 
 
+def export_onnx(models_dir: Path, *, fresh: bool) -> list[Path]:
+    """`models_dir/<model>.onnx` for each stand-in model: kept when present (unless `fresh`: new
+    weights), else exported in the confined child the workers use, from a copy of the `.pt`."""
+    wanted = [models_dir / f"{m}.onnx" for m in (DETECTOR, BRAND, BODY)]
+    missing = [p for p in wanted if fresh or not p.is_file()]
+    if missing:
+        with tempfile.TemporaryDirectory() as tmp:
+            for onnx in missing:
+                shutil.copyfile(onnx.with_suffix(".pt"), Path(tmp) / f"{onnx.stem}.pt")
+            for made in export_in_subprocess(Path(tmp)):
+                shutil.copyfile(made, models_dir / made.name)
+                print(f"exported {models_dir / made.name}", flush=True)
+    return wanted
+
+
+def pack(models_dir: Path, plan: Plan, *, fresh_onnx: bool = False) -> Path:
+    """The stand-in archive: pipeline.json, and each model's .pt and .onnx (deterministic zip)."""
+    onnx = export_onnx(models_dir, fresh=fresh_onnx)
+    files = {p.name: p for p in onnx} | {f"{m}.pt": models_dir / f"{m}.pt" for m in (DETECTOR, BRAND, BODY)}
+    return pack_archive(models_dir / ARCHIVE_NAME, standin_pipeline(plan.brand_imgsz, plan.body_imgsz), files)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--work", type=Path, default=ROOT / "build" / "train", help="scratch directory")
@@ -95,8 +130,7 @@ def main() -> int:
                         help="only repack the archive from the .pt files already in --out (no training)")
     args = parser.parse_args()
     if args.pack_only:
-        plan = Plan()
-        print(f"packed {pack_standin_pipeline(args.out, brand_size=plan.brand_imgsz, body_size=plan.body_imgsz)}")
+        print(f"packed {pack(args.out, Plan())}")
         return 0
     plan = QUICK if args.quick else Plan()
     work: Path = args.work
@@ -147,7 +181,7 @@ def main() -> int:
     print(table)
     if not args.quick:
         (out / "ACCURACY.md").write_text(table)
-        archive = pack_standin_pipeline(out, brand_size=plan.brand_imgsz, body_size=plan.body_imgsz)
+        archive = pack(out, plan, fresh_onnx=True)
         print(f"packed {archive}")
     print(f"total {time.monotonic() - t0:.0f} s")
     return 0 if report.passed else 1

@@ -38,10 +38,19 @@ class Hello(_Message):
     started_at: float
 
 
+WorkerPhase = Literal["starting", "fetching", "converting", "opening", "running"]
+
+
 class Heartbeat(_Message):
+    """Sent from a worker's start: `phase` says whether its pipelines run yet ("running"), or what the
+    start is busy with (fetching an archive, converting its models, opening them); `detail` the
+    progress (e.g. bytes fetched). Both optional: a heartbeat without them is of a running worker."""
+
     type: Literal["heartbeat"] = "heartbeat"
     pid: int
     uptime_s: float
+    phase: WorkerPhase = "running"
+    detail: str | None = Field(default=None, max_length=512)
 
 
 class Status(_Message):
@@ -60,6 +69,8 @@ class Status(_Message):
     store_pending: int = 0  # store writes waiting (queued or retrying), all stores of this worker
     store_failed: int = 0  # store writes given up since the worker started
     store_quota_full: bool = False  # the camera's durable outbox is at its disk quota: new writes are refused
+    # displays whose pipeline could not be built (display id → why); the camera's other displays run
+    display_errors: dict[str, str] = Field(default_factory=dict, max_length=limits.MAX_DISPLAYS_PER_CAMERA)
 
 
 class VehicleResult(BaseModel):

@@ -1,9 +1,20 @@
 """Fetching, caching and safely unpacking `.mpta` pipeline archives.
 
-An archive is fetched once per model id into `cache_dir/<slug>-<hash>/`: downloaded to a temp
-file, unpacked into a temp directory, validated in full (members and pipeline.json) and only then
-renamed into place, so a cache directory is always complete and valid. A lock file per key lets
-concurrent workers (separate processes) wait for one fetch and reuse its result.
+The cache is keyed by content: an archive lands in `cache_dir/sha256-<digest>/`, whatever URL
+named it, so the same archive named by a path and by a `file://` URI is unpacked once, and a new
+archive for a model id lands in a new directory while running workers keep theirs. Each archive
+is downloaded to a temp file, its digest checked against a pin (`ModelRef.sha256`) when there is
+one, unpacked into a temp directory, validated in full (members and pipeline.json) and only then
+renamed into place, so a cache directory is always complete and valid. ONNX files converted from
+an archive's `.pt` files are written into its directory: they live and go with their content.
+
+Files beside the content directories (all ours, all dot-named):
+- `.urls/<hash of URL>.json`: which digest a URL gave (and, for a local file, its size and mtime),
+  so a restart finds its directory without fetching or hashing anything;
+- `.url-<hash>.lock`: one fetch of a URL at a time (concurrent workers wait and reuse it);
+- `.sha256-<digest>.use.lock`: held with a shared `flock` by every worker running that archive
+  (`ArchiveLease`); `collect_garbage` takes it exclusively, so it never removes a directory in use;
+- `.sha256-<digest>.unused`: since when nobody has used it; after `grace_s` the directory goes.
 """
 
 from __future__ import annotations
@@ -27,15 +38,19 @@ import urllib.request
 import zipfile
 import zlib
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path, PurePosixPath
-from typing import Any
+from typing import Any, BinaryIO
 
 from ..urls import mask_url, opener_for
 from .schema import PipelineConfig, PipelineConfigError, parse_pipeline
 
 PIPELINE_FILE = "pipeline.json"
 SOURCE_FILE = ".source.json"  # written by us into each cache directory: where it came from
+CONTENT_PREFIX = "sha256-"
+INDEX_DIR = ".urls"
+DEFAULT_GRACE_S = 3600.0  # an unused archive version stays this long (a worker restarting finds it)
 _CHUNK = 1 << 16
 _PROGRESS_S = 5.0
 
@@ -56,13 +71,12 @@ def _label(url: str) -> str:
     return mask_url(url, hide_query=True)
 
 
-def _cache_key(model_id: int | str | None, url: str) -> str:
-    """A safe directory name: the id is never used as a path, and never starts with a dot (ours)."""
-    if model_id is None:
-        return f"url-{_sha256_text(url)[:16]}"
-    text = str(model_id)
-    slug = re.sub(r"[^A-Za-z0-9_-]+", "_", text).strip("_-")[:48] or "model"
-    return f"{slug}-{_sha256_text(text)[:10]}"
+def _url_key(url: str) -> str:
+    return _sha256_text(url)[:24]
+
+
+def content_dir_name(sha256: str) -> str:
+    return f"{CONTENT_PREFIX}{sha256}"
 
 
 def _local_path(url: str) -> Path | None:
@@ -80,10 +94,44 @@ def _local_path(url: str) -> Path | None:
     raise ArchiveError(f"{_label(url)}: unsupported URL scheme {scheme!r} (use http, https, file or a local path)")
 
 
+def _kind(mode: int) -> str:
+    for test, name in ((stat.S_ISFIFO, "a FIFO"), (stat.S_ISDIR, "a directory"), (stat.S_ISCHR, "a character device"),
+                       (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket")):
+        if test(mode):
+            return name
+    return "not a regular file"
+
+
+def _check_regular(path: Path, label: str) -> os.stat_result:
+    """Refuse FIFOs, devices, sockets and directories before anything opens them (a FIFO would block)."""
+    try:
+        st = path.stat()
+    except OSError as err:
+        raise ArchiveError(f"{label}: cannot read: {err.strerror or err}") from err
+    if not stat.S_ISREG(st.st_mode):
+        raise ArchiveError(f"{label}: is {_kind(st.st_mode)}, not a regular file: refused")
+    return st
+
+
+class _HttpOnlyRedirects(urllib.request.HTTPRedirectHandler):
+    """Archives follow redirects to http(s) only (urllib would follow ftp:// too)."""
+
+    def redirect_request(self, req: urllib.request.Request, fp: Any, code: int, msg: str, headers: Any,
+                         newurl: str) -> urllib.request.Request | None:
+        scheme = urllib.parse.urlsplit(urllib.parse.urljoin(req.full_url, newurl)).scheme.lower()
+        if scheme not in ("http", "https"):
+            raise ArchiveError(f"{_label(req.full_url)}: redirect to a {scheme}: URL refused (only http and https)")
+        return super().redirect_request(req, fp, code, msg, headers, newurl)
+
+
+Progress = Callable[[str, str], None]  # (phase, detail): "fetching", "42 % of model.mpta"
+
+
 def _copy(read: Callable[[int], bytes], dest: Path, total: int | None, limit: int, label: str,
-          log: logging.Logger | None) -> str:
+          log: logging.Logger | None, on_progress: Progress | None = None) -> str:
     """Stream into `dest` within `limit` bytes; returns the sha256. Logs progress when given a log."""
     digest, got, next_pct, last = hashlib.sha256(), 0, 10, time.monotonic()
+    last_report = 0.0
     with dest.open("wb") as out:
         while chunk := read(_CHUNK):
             got += len(chunk)
@@ -91,10 +139,13 @@ def _copy(read: Callable[[int], bytes], dest: Path, total: int | None, limit: in
                 raise ArchiveError(f"{label}: larger than the limit of {limit} bytes")
             digest.update(chunk)
             out.write(chunk)
+            now = time.monotonic()
+            if on_progress is not None and now - last_report >= 0.2:
+                last_report = now
+                on_progress("fetching", f"{label}: {got} of {total if total is not None else '?'} bytes")
             if log is None:
                 continue
             pct = got * 100 // total if total else 0
-            now = time.monotonic()
             if (total and pct >= next_pct) or now - last >= _PROGRESS_S:
                 log.info("fetching %s: %d/%s bytes%s", label, got, total or "?", f" ({pct} %)" if total else "")
                 next_pct, last = pct // 10 * 10 + 10, now
@@ -103,22 +154,27 @@ def _copy(read: Callable[[int], bytes], dest: Path, total: int | None, limit: in
     return digest.hexdigest()
 
 
-def _download(url: str, dest: Path, max_bytes: int, timeout_s: float, log: logging.Logger) -> dict[str, Any]:
-    """Copy the archive to `dest`; returns what `.source.json` records about the source."""
+def _download(url: str, dest: Path, max_bytes: int, timeout_s: float, log: logging.Logger,
+              on_progress: Progress | None = None) -> dict[str, Any]:
+    """Copy the archive to `dest`; returns what the URL index records about the source."""
     label, path = _label(url), _local_path(url)
     if path is not None:
+        _check_regular(path, label)
         try:
-            with path.open("rb") as src:
+            # O_NONBLOCK: a FIFO swapped in after the check cannot block us (fstat refuses it below)
+            fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC | getattr(os, "O_NOCTTY", 0))
+            with os.fdopen(fd, "rb") as src:
                 st = os.fstat(src.fileno())
                 if not stat.S_ISREG(st.st_mode):
-                    raise ArchiveError(f"{label}: not a regular file")
+                    raise ArchiveError(f"{label}: is {_kind(st.st_mode)}, not a regular file: refused")
                 if st.st_size > max_bytes:
                     raise ArchiveError(f"{label}: {st.st_size} bytes, larger than the limit of {max_bytes} bytes")
-                return {"sha256": _copy(src.read, dest, st.st_size, max_bytes, label, None),
-                        "stat": [st.st_size, st.st_mtime_ns]}
+                os.set_blocking(fd, True)
+                return {"sha256": _copy(src.read, dest, st.st_size, max_bytes, label, None, on_progress),
+                        "stat": [st.st_size, st.st_mtime_ns, st.st_ino]}
         except OSError as err:
             raise ArchiveError(f"{label}: cannot read: {err.strerror or err}") from err
-    clean, opener = opener_for(url)  # user:password@ becomes HTTP auth, never part of the host
+    clean, opener = opener_for(url, _HttpOnlyRedirects())  # user:password@ becomes HTTP auth, never the host
     request = urllib.request.Request(clean, headers={"User-Agent": "detector-worker"})
     try:
         # timeout_s bounds each connect/read, not the whole transfer (a big archive may take long)
@@ -128,7 +184,7 @@ def _download(url: str, dest: Path, max_bytes: int, timeout_s: float, log: loggi
             if total is not None and total > max_bytes:
                 raise ArchiveError(f"{label}: Content-Length {total} is larger than the limit of {max_bytes} bytes")
             log.info("fetching %s (%s bytes)", label, total if total is not None else "unknown")
-            return {"sha256": _copy(resp.read, dest, total, max_bytes, label, log)}
+            return {"sha256": _copy(resp.read, dest, total, max_bytes, label, log, on_progress)}
     except urllib.error.HTTPError as err:
         err.close()
         raise ArchiveError(f"{label}: HTTP {err.code} {err.reason}") from None
@@ -219,74 +275,218 @@ def _unpack(archive: Path, dest: Path, label: str, max_members: int, max_unpacke
         raise ArchiveError(f"{label}: not a valid zip archive ({err})") from err
     except OSError as err:
         raise ArchiveError(f"{label}: cannot unpack: {err}") from err
+    # One mtime for every file: a packed `.onnx` is as fresh as its `.pt`, whatever order they came in.
+    stamp = time.time_ns()
+    for path in dest.rglob("*"):
+        if path.is_file() and not path.is_symlink():
+            os.utime(path, ns=(stamp, stamp))
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
 
 
 def _read_source(directory: Path) -> dict[str, Any]:
-    try:
-        source = json.loads((directory / SOURCE_FILE).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return {}
-    return source if isinstance(source, dict) else {}
+    return _read_json(directory / SOURCE_FILE)
 
 
-def _cache_is_current(target: Path, url: str) -> bool:
-    source = _read_source(target)
-    if source.get("url_sha256") != _sha256_text(url) or not (target / PIPELINE_FILE).is_file():
-        return False
-    if "stat" in source:  # a local file repacked in place (same path) must be picked up again
+def _known_digest(cache_dir: Path, url: str) -> str | None:
+    """The digest this URL gave last time, if it still names the same thing (a local file may have
+    been repacked in place: then its size, mtime or inode differ and it is read again)."""
+    entry = _read_json(cache_dir / INDEX_DIR / f"{_url_key(url)}.json")
+    digest = entry.get("sha256")
+    if entry.get("url_sha256") != _sha256_text(url) or not isinstance(digest, str):
+        return None
+    if "stat" in entry:
         path = _local_path(url)
         try:
             st = path.stat() if path is not None else None
         except OSError:
-            return True  # source gone: the cached copy is still the archive this URL named
-        return st is not None and source["stat"] == [st.st_size, st.st_mtime_ns]
-    return True
+            return digest  # source gone: the cached copy is still the archive this URL named
+        if st is None or entry["stat"] != [st.st_size, st.st_mtime_ns, st.st_ino]:
+            return None
+    return digest
+
+
+def _remember(cache_dir: Path, url: str, source: dict[str, Any]) -> None:
+    index = cache_dir / INDEX_DIR
+    index.mkdir(exist_ok=True)
+    entry: dict[str, Any] = {"url_sha256": _sha256_text(url)}
+    entry |= {k: source[k] for k in ("sha256", "stat") if k in source}
+    part = index / f".{_url_key(url)}.json.{os.getpid()}"
+    part.write_text(json.dumps(entry) + "\n", encoding="utf-8")
+    os.replace(part, index / f"{_url_key(url)}.json")
+
+
+def _complete(directory: Path) -> bool:
+    return (directory / PIPELINE_FILE).is_file() and (directory / SOURCE_FILE).is_file()
 
 
 @contextlib.contextmanager
-def _locked(path: Path, label: str, log: logging.Logger) -> Iterator[None]:
+def _locked(path: Path, label: str, log: logging.Logger, on_progress: Progress | None = None) -> Iterator[None]:
     with path.open("a+b") as handle:
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             log.info("waiting for another process fetching %s", label)
+            if on_progress is not None:
+                on_progress("fetching", f"waiting for another process fetching {label}")
             fcntl.flock(handle, fcntl.LOCK_EX)
         yield  # closing the file releases the lock, also if this process dies
 
 
-def fetch_archive(url: str, cache_dir: Path, model_id: int | str | None, *, max_bytes: int = 512 * 2**20,
-                  max_members: int = 256, max_unpacked_bytes: int = 2 * 2**30, timeout_s: float = 60,
-                  log: logging.Logger | None = None) -> Path:
-    """The directory of the unpacked, validated archive at `url`, fetched once per model id."""
+class ArchiveLease:
+    """A worker's use of one cached archive: a shared `flock` on its `.use.lock` file, held until
+    `close()` (or this process's death), so `collect_garbage` leaves the directory alone."""
+
+    def __init__(self, cache_dir: Path, directory: Path, sha256: str) -> None:
+        self.directory, self.sha256 = directory, sha256
+        self._use = cache_dir / f".{directory.name}.use.lock"
+        self._unused = cache_dir / f".{directory.name}.unused"
+        self._handle: BinaryIO | None = self._use.open("a+b")
+        fcntl.flock(self._handle, fcntl.LOCK_SH)  # waits only while garbage collection holds it
+        with contextlib.suppress(FileNotFoundError):
+            self._unused.unlink()
+
+    def close(self) -> None:
+        """Release; the last user marks the directory unused from now (its grace period starts)."""
+        handle, self._handle = self._handle, None
+        if handle is None:
+            return
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)  # converts ours: succeeds if nobody else uses it
+        except BlockingIOError:
+            pass
+        else:
+            if self.directory.exists():
+                self._unused.touch()
+        finally:
+            handle.close()
+
+    def __enter__(self) -> ArchiveLease:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+@dataclass
+class CachedArchive:
+    directory: Path
+    sha256: str
+    lease: ArchiveLease
+
+    def close(self) -> None:
+        self.lease.close()
+
+
+def acquire_archive(url: str, cache_dir: Path, model_id: int | str | None, *, sha256: str | None = None,
+                    max_bytes: int = 512 * 2**20, max_members: int = 256, max_unpacked_bytes: int = 2 * 2**30,
+                    timeout_s: float = 60, grace_s: float = DEFAULT_GRACE_S, log: logging.Logger | None = None,
+                    on_progress: Progress | None = None) -> CachedArchive:
+    """The unpacked, validated archive at `url` (with a digest of `sha256` when pinned), held in use
+    until the result's `close()`. Fetched only when the URL is new, names a changed local file, or
+    its cached content is gone; one directory per content, however many URLs name it."""
     log = log or logging.getLogger(__name__)
     label = _label(url)
     local = _local_path(url)  # an unsupported scheme fails before anything is created
+    if local is not None:
+        _check_regular(local, label)  # a FIFO or device never reaches the lock (it would block there)
     name = (local.name if local is not None else PurePosixPath(urllib.parse.urlsplit(url).path).name) or label
-    key = _cache_key(model_id, url)
     cache_dir.mkdir(parents=True, exist_ok=True)
-    target = cache_dir / key
-    with _locked(cache_dir / f".{key}.lock", label, log):
-        if _cache_is_current(target, url):
-            log.info("using cached %s for model %s", target, model_id)
-            return target
-        for stale in cache_dir.glob(f".{key}.tmp-*"):  # left by a process killed mid-fetch (we hold the lock)
+    key = _url_key(url)
+    with _locked(cache_dir / f".url-{key}.lock", label, log, on_progress):
+        digest = _known_digest(cache_dir, url)
+        if digest is not None and (sha256 is None or digest == sha256):
+            lease = ArchiveLease(cache_dir, cache_dir / content_dir_name(digest), digest)
+            if _complete(lease.directory):
+                log.info("using cached %s for model %s", lease.directory.name, model_id)
+                return CachedArchive(lease.directory, digest, lease)
+            lease.close()  # collected meanwhile: fetch it again
+        for stale in cache_dir.glob(f".tmp-{key}-*"):  # left by a process killed mid-fetch (we hold the lock)
             shutil.rmtree(stale, ignore_errors=True)
-        with tempfile.TemporaryDirectory(prefix=f".{key}.tmp-", dir=cache_dir) as tmp:
+        with tempfile.TemporaryDirectory(prefix=f".tmp-{key}-", dir=cache_dir) as tmp:
             work = Path(tmp)
-            source = _download(url, work / "archive", max_bytes, timeout_s, log)
-            staged = work / "unpacked"
-            _unpack(work / "archive", staged, label, max_members, max_unpacked_bytes)
-            _load(staged, name)  # never cache an archive the pipeline could not use
-            source |= {"url": label, "url_sha256": _sha256_text(url), "name": name,
-                       "model_id": None if model_id is None else str(model_id),
-                       "fetched_at": datetime.now(UTC).isoformat(timespec="seconds")}
-            (staged / SOURCE_FILE).write_text(json.dumps(source, indent=2) + "\n", encoding="utf-8")
-            # Old directory out of the way first (into the temp dir, which cleans it up), then the new one in.
-            if target.exists() or target.is_symlink():
-                os.rename(target, work / "old")
-            os.rename(staged, target)
-    log.info("model %s: %s unpacked into %s", model_id, label, target)
-    return target
+            source = _download(url, work / "archive", max_bytes, timeout_s, log, on_progress)
+            digest = source["sha256"]
+            if sha256 is not None and digest != sha256:
+                raise ArchiveError(f"{label}: sha256 is {digest}, not the pinned {sha256} (pipeline_sha256 in "
+                                   "cameras.yaml or models.pinned_sha256 in the gateway settings): refused")
+            target = cache_dir / content_dir_name(digest)
+            lease = ArchiveLease(cache_dir, target, digest)
+            try:
+                if not _complete(target):
+                    if on_progress is not None:
+                        on_progress("fetching", f"unpacking {label}")
+                    staged = work / "unpacked"
+                    _unpack(work / "archive", staged, label, max_members, max_unpacked_bytes)
+                    _load(staged, name)  # never cache an archive the pipeline could not use
+                    info = {"sha256": digest, "url": label, "name": name,
+                            "model_id": None if model_id is None else str(model_id),
+                            "fetched_at": datetime.now(UTC).isoformat(timespec="seconds")}
+                    (staged / SOURCE_FILE).write_text(json.dumps(info, indent=2) + "\n", encoding="utf-8")
+                    if target.exists():  # incomplete (a crash mid-rename cannot make one, but be sure)
+                        os.rename(target, work / "old")
+                    try:
+                        os.rename(staged, target)
+                    except OSError as err:  # landed by another URL's fetch just now: same bytes
+                        if not _complete(target):
+                            raise ArchiveError(f"{label}: cannot move into the cache: {err}") from err
+                    log.info("model %s: %s unpacked into %s", model_id, label, target)
+                else:
+                    log.info("model %s: %s is the cached %s (same content)", model_id, label, target.name)
+                _remember(cache_dir, url, source)
+            except BaseException:
+                lease.close()
+                raise
+    with contextlib.suppress(OSError):
+        collect_garbage(cache_dir, grace_s, log)
+    return CachedArchive(target, digest, lease)
+
+
+def collect_garbage(cache_dir: Path, grace_s: float = DEFAULT_GRACE_S, log: logging.Logger | None = None) -> list[str]:
+    """Remove archive directories nobody has used for `grace_s` (and those of the older, per-model-id
+    layout); returns their names. A directory in use (a lease's shared lock) is never touched."""
+    log = log or logging.getLogger(__name__)
+    removed = []
+    now = time.time()
+    for directory in sorted(cache_dir.iterdir()):
+        name = directory.name
+        if name.startswith(".") or not directory.is_dir() or directory.is_symlink():
+            continue
+        if not name.startswith(CONTENT_PREFIX) and not (directory / SOURCE_FILE).is_file():
+            continue  # not ours
+        with (cache_dir / f".{name}.use.lock").open("a+b") as handle:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                continue  # in use
+            marker = cache_dir / f".{name}.unused"
+            try:
+                since = marker.stat().st_mtime
+            except FileNotFoundError:
+                marker.touch()  # first seen unused now: its grace period starts
+                continue
+            if now - since < grace_s:
+                continue
+            trash = cache_dir / f".trash-{name}-{os.getpid()}"
+            os.rename(directory, trash)
+            shutil.rmtree(trash, ignore_errors=True)
+            marker.unlink(missing_ok=True)
+            removed.append(name)
+            log.info("removed the cached archive %s: unused for over %.0f s", name, grace_s)
+    return removed
+
+
+def fetch_archive(url: str, cache_dir: Path, model_id: int | str | None, **kwargs: Any) -> Path:
+    """The directory of the unpacked, validated archive at `url` (see `acquire_archive`), not held."""
+    cached = acquire_archive(url, cache_dir, model_id, **kwargs)
+    cached.close()
+    return cached.directory
 
 
 def _load(directory: Path, name: str) -> PipelineConfig:

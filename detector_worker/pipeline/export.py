@@ -99,7 +99,7 @@ def safe_torch_load() -> Iterator[None]:
         kwargs.pop("pickle_module", None)
         return original(*args, **kwargs)
 
-    torch.load = load  # type: ignore[assignment]
+    torch.load = load
     try:
         with torch.serialization.safe_globals([_resolve(n) for n in SAFE_CLASSES]):
             yield
@@ -111,7 +111,7 @@ def _why_refused(err: BaseException) -> str:
     """The line of a refused load that names the cause (e.g. the global it would have called)."""
     text = str(err) or type(err).__name__
     for cause in (err, err.__cause__, err.__context__):
-        found = re.search(r"Unsupported (global|operand)[^\n]*?(?=\. |\n|$)", str(cause or ""))
+        found = re.search(r"(unsupported (global|operand)|unsupported GLOBAL)[^\n]*", str(cause or ""), re.I)
         if found:
             return found.group(0)[:300]
     return text.splitlines()[0][:300]
@@ -136,6 +136,9 @@ def _export(pt: Path, out: Path) -> None:
         src = Path(tmp) / pt.name
         shutil.copyfile(pt, src)
         try:
+            import torch
+
+            torch.load(src, map_location="cpu")  # weights_only (see safe_torch_load): refuses with a clear reason
             model = YOLO(str(src))
         except Exception as err:  # weights_only refusing a global is an UnpicklingError
             raise ModelLoadError(f"{pt.name}: refused by torch's safe loader (weights_only=True): "

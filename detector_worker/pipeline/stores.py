@@ -19,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import random
+import sqlite3
 import threading
 import time
 from collections.abc import Callable
@@ -140,6 +141,14 @@ class StoreWriter(Generic[Conn, Write]):
 
     # -- the writer thread ----------------------------------------------------------------------------
     def _run(self) -> None:
+        try:
+            self._loop()
+        except sqlite3.ProgrammingError:
+            pass  # the outbox was closed under a writer that outlived its close() budget: the entry stays
+        finally:
+            self._drop_connection()
+
+    def _loop(self) -> None:
         delay = self._retry[0]
         after = 0
         while True:
@@ -173,7 +182,6 @@ class StoreWriter(Generic[Conn, Write]):
                     self._cond.notify_all()
                     if self._stopping:
                         break
-        self._drop_connection()
 
     def _one(self, entry: Entry) -> str:
         try:

@@ -22,6 +22,7 @@ import logging
 import os
 import time
 from collections import deque
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -30,7 +31,7 @@ import psutil
 from websockets.asyncio.server import ServerConnection
 from websockets.exceptions import ConnectionClosed
 
-from detector_worker.comms.messages import AnyWorkerMessage, DisplayDetection, Snapshot
+from detector_worker.comms.messages import DisplayDetection, Snapshot
 from detector_worker.logs import log_path
 
 from .. import views
@@ -71,15 +72,12 @@ class Dashboard:
     def __init__(self, gateway: Gateway) -> None:
         self.gateway = gateway
         self.pages: set[_Page] = set()
-        self.recent: dict[str, deque[dict[str, Any]]] = {}  # camera → its last detections (newest last)
-        self.recent_version: dict[str, int] = {}
         self._events: dict[str, deque[tuple[float, int, int]]] = {}  # camera → (time, reconnects, restarts)
         self._last_counts: dict[str, tuple[int, int]] = {}
         self._process = psutil.Process()
         self._process.cpu_percent(None)
         self._state: tuple[float, str] = (0.0, "")
         self._tasks: list[asyncio.Task[None]] = []
-        gateway.observers.append(self._observe)
 
     # -- lifecycle -------------------------------------------------------------------------------
     def start(self) -> None:
@@ -92,21 +90,6 @@ class Dashboard:
         for task in self._tasks:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
-
-    # -- what the gateway sees ---------------------------------------------------------------------
-    def _observe(self, msg: AnyWorkerMessage) -> None:
-        if not isinstance(msg, DisplayDetection):
-            return
-        recent = self.recent.setdefault(msg.camera, deque(maxlen=RECENT))
-        if recent and recent[-1]["track_id"] == msg.track_id and recent[-1]["captured_at"] == msg.captured_at:
-            recent[-1]["displays"].append(msg.display_id)  # the same vehicle, for another display
-        else:
-            v = msg.vehicle
-            recent.append({"track_id": msg.track_id, "captured_at": msg.captured_at, "displays": [msg.display_id],
-                           "brand": v.brand, "brand_confidence": v.brand_confidence, "body_type": v.body_type,
-                           "body_type_confidence": v.body_type_confidence, "confidence": v.confidence,
-                           "session_id": msg.session_id, "thumb": msg.thumb_b64})
-        self.recent_version[msg.camera] = self.recent_version.get(msg.camera, 0) + 1
 
     async def _count_loop(self) -> None:
         """Reconnects and restarts per camera, kept an hour, for "in the last hour"."""
@@ -259,10 +242,11 @@ class Dashboard:
 
     async def _send_detections(self, page: _Page) -> None:
         for camera_id in page.watching:
-            version = self.recent_version.get(camera_id, 0)
-            if page.sent_detections.get(camera_id) != version:
+            state = self.gateway.states.get(camera_id)
+            version = state.detections if state is not None else 0  # grows with every detection kept
+            if state is not None and page.sent_detections.get(camera_id) != version:
                 page.sent_detections[camera_id] = version
-                items = list(self.recent.get(camera_id, ()))[::-1]
+                items = _detection_items(state.recent)[::-1]
                 await page.ws.send(json.dumps({"type": "detections", "camera": camera_id, "items": items}))
 
     async def _follow_log(self, page: _Page) -> None:
@@ -325,3 +309,18 @@ def _follow(path: Path, pos: int, inode: int | None, partial: bytes
     data = partial + data
     end = data.rfind(b"\n") + 1
     return _decode(data[:end])[-LOG_LINES:], pos, inode, data[end:][-LOG_READ_MAX:], False
+
+
+def _detection_items(recent: Iterable[DisplayDetection]) -> list[dict[str, Any]]:
+    """The camera's last detections for the page, one item per vehicle (its displays together)."""
+    items: list[dict[str, Any]] = []
+    for msg in recent:
+        if items and items[-1]["track_id"] == msg.track_id and items[-1]["captured_at"] == msg.captured_at:
+            items[-1]["displays"].append(msg.display_id)  # the same vehicle, for another display
+            continue
+        v = msg.vehicle
+        items.append({"track_id": msg.track_id, "captured_at": msg.captured_at, "displays": [msg.display_id],
+                      "brand": v.brand, "brand_confidence": v.brand_confidence, "body_type": v.body_type,
+                      "body_type_confidence": v.body_type_confidence, "confidence": v.confidence,
+                      "session_id": msg.session_id, "thumb": msg.thumb_b64})
+    return items

@@ -86,8 +86,15 @@ def test_heartbeats_and_silence() -> None:
     assert cam.silent_for() < 1 and cam.hung_restarts == 1  # one restart per heartbeat timeout
 
 
-def test_detections() -> None:
+def test_detections_are_counted_and_the_last_ones_kept() -> None:
+    from detector_worker.comms.messages import DisplayDetection, VehicleResult
+    from gateway.state import RECENT_DETECTIONS
+
     cam = CameraState("cam-a", "camera-cam-a")
-    cam.on_detection()
-    cam.on_detection()
-    assert cam.as_json()["detections"] == 2
+    for track in range(RECENT_DETECTIONS + 5):
+        cam.on_detection(DisplayDetection(
+            camera="cam-a", sent_at=time.time(), subscription_identifier="d;cam-a", display_id="d", session_id=None,
+            track_id=track, model_id=1, model_name=None, captured_at=time.time(), inference_ms=1.0,
+            vehicle=VehicleResult(confidence=0.9)))
+    assert cam.as_json()["detections"] == RECENT_DETECTIONS + 5
+    assert [d.track_id for d in cam.recent] == list(range(5, RECENT_DETECTIONS + 5)), "bounded, newest last"

@@ -101,6 +101,7 @@ def raw_zip(path: Path, members: list[tuple[zipfile.ZipInfo | str, bytes]], with
 def assert_clean(cache: Path) -> None:
     """Only lock files may remain after a failed fetch: no partial directory, no temp files."""
     leftovers = [p.name for p in cache.iterdir() if not p.name.endswith(".lock")] if cache.exists() else []
+    leftovers = [name for name in leftovers if not name.endswith(".unused")]  # marks of no directory
     assert leftovers == []
 
 
@@ -140,8 +141,9 @@ def test_http_then_cache_reuse(tmp_path: Path, server: Server, make_archive: Cal
     assert second == first and len(server.requests) == 1
 
 
-def test_same_model_id_with_a_new_url_refetches(tmp_path: Path, server: Server,
-                                                make_archive: Callable[..., Path]) -> None:
+def test_same_model_id_with_a_new_url_lands_beside_the_old(tmp_path: Path, server: Server,
+                                                            make_archive: Callable[..., Path]) -> None:
+    """A new archive for a model id is a new directory: a worker still running the old one keeps it."""
     server.files["v1.mpta"] = make_archive("v1.mpta").read_bytes()
     server.files["v2.mpta"] = make_archive(
         "v2.mpta", edit=lambda p: p["pipeline"].update(minConfidence=0.9)).read_bytes()
@@ -149,9 +151,10 @@ def test_same_model_id_with_a_new_url_refetches(tmp_path: Path, server: Server,
     old, config = open_archive(server.url("v1.mpta"), cache, 5)
     assert config.pipeline.min_confidence == 0.6
     new, config = open_archive(server.url("v2.mpta"), cache, 5)
-    assert new == old and config.pipeline.min_confidence == 0.9
+    assert new != old and config.pipeline.min_confidence == 0.9
+    assert load_pipeline(old).pipeline.min_confidence == 0.6  # untouched
     assert len(server.requests) == 2
-    assert sorted(p.name for p in cache.iterdir() if not p.name.endswith(".lock")) == [new.name]
+    assert sorted(p.name for p in cache.iterdir() if not p.name.startswith(".")) == sorted([old.name, new.name])
 
 
 def test_local_file_repacked_in_place_is_picked_up(tmp_path: Path, make_archive: Callable[..., Path]) -> None:
@@ -323,4 +326,4 @@ def test_failed_refetch_keeps_the_cached_archive(tmp_path: Path, server: Server,
     with pytest.raises(ArchiveError, match="HTTP 404"):
         open_archive(server.url("gone.mpta"), cache, 3)
     assert load_pipeline(directory).pipeline.model_id == DETECTOR
-    assert sorted(p.name for p in cache.iterdir() if not p.name.endswith(".lock")) == [directory.name]
+    assert sorted(p.name for p in cache.iterdir() if not p.name.startswith(".")) == [directory.name]

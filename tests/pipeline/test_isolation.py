@@ -7,6 +7,8 @@ import sys
 import textwrap
 from pathlib import Path
 
+import pytest
+
 from detector_worker.synthetic.standin import BRAND, DETECTOR
 from tests.conftest import ROOT
 
@@ -30,6 +32,7 @@ SCRIPT = textwrap.dedent(f"""
 """)
 
 
+@pytest.mark.slow  # make check skips it: exports the models to ONNX first
 def test_onnx_backend_runs_without_torch(exported_models: Path) -> None:
     done = subprocess.run([sys.executable, "-c", SCRIPT, str(exported_models)], cwd=ROOT, capture_output=True,
                           text=True, timeout=120, check=False)

@@ -64,6 +64,7 @@ def test_the_shipped_archive_names_its_roles() -> None:
     assert config.result_roles() == {BRAND: ("brand", False), BODY: ("body_type", False)}
 
 
+@pytest.mark.slow  # make check skips it: exports the models to ONNX and renders footage
 def test_a_renamed_model_with_result_role_still_fills_brand(exported_models: Path, camera_clips: dict[str, Path],
                                                             caplog: pytest.LogCaptureFixture) -> None:
     config = parse_pipeline(renamed(roles=True), exported_models)

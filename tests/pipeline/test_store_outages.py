@@ -1,7 +1,8 @@
 """Store outages against real, private Redis and PostgreSQL servers (tests/servers.py): killed,
-stopped, frozen and restarted mid-run. No completed session may be lost, a full queue drops the
-oldest writes (counted and logged), a write the store rejects never blocks the rest, and close()
-keeps to its timeout while a store is down."""
+stopped, frozen, made read-only and restarted mid-run. No completed session may be lost; an
+outbox at its quota refuses new writes (counted, logged, flagged) and keeps every write it
+holds; a write the store rejects never blocks the rest; close() keeps to its timeout while a
+store is down, and what it could not write stays in the outbox for the next writer."""
 
 from __future__ import annotations
 
@@ -18,9 +19,10 @@ import pytest
 import redis
 
 from detector_worker.pipeline.actions import ActionRunner
+from detector_worker.pipeline.outbox import Outbox
 from detector_worker.pipeline.schema import parse_pipeline
 from detector_worker.pipeline.sessions import DisplaySession
-from detector_worker.pipeline.sinks import Publish, SaveImage, Upsert, postgres_writer, redis_writer
+from detector_worker.pipeline.sinks import Publish, SaveImage, Upsert, encode_redis, postgres_writer, redis_writer
 from detector_worker.pipeline.stores import StoreWriter
 from detector_worker.synthetic.standin import standin_pipeline
 from tests.pipeline.factories import cycle
@@ -175,10 +177,12 @@ def subscribed(rds: RedisServer) -> redis.client.PubSub:
         assert time.monotonic() < deadline, "no subscription confirmation"
 
 
-def resized(writer: StoreWriter[object, object], **options: float) -> StoreWriter[object, object]:
-    """A writer applying exactly as `writer` (the real sink code) but with other queue/retry settings."""
+def resized(writer: StoreWriter[object, object], outbox: Outbox | None = None,
+            **options: float) -> StoreWriter[object, object]:
+    """A writer applying exactly as `writer` (the real sink code) but with another outbox or retry settings."""
     w = StoreWriter(writer.name, writer._connect, writer._apply, writer._close, writer._is_outage,
-                    log=LOG, **options)  # type: ignore[arg-type]
+                    encode=writer.encode, decode=writer.decode, outbox=outbox, log=LOG,
+                    **options)  # type: ignore[arg-type]
     writer.close(0.1)  # never used
     return w
 
@@ -212,13 +216,14 @@ def test_redis_restart_mid_run_loses_no_completed_session(
             assert got[sid] == {"event": "frontal_detected", "display_id": DISPLAY, "session_id": sid,
                                 "image_key": keys[sid]}
         # exactly s3's, s4's and s5's image and event reached the restarted server, once each
-        assert command_calls(rds, "publish") == 3 and command_calls(rds, "set") == 3
+        # (each guarded publish also sets its idempotency guard key: 3 images + 3 guards)
+        assert command_calls(rds, "publish") == 3 and command_calls(rds, "set") == 6
         stats = display.redis.stats()
-        assert stats.connected and stats.outages >= 1 and stats.dropped == 0 and stats.rejected == 0, stats
+        assert stats.connected and stats.outages >= 1 and stats.refused == 0 and stats.rejected == 0, stats
         assert stats.written == 10 and stats.pending == 0, stats  # 5 images + 5 events
         assert rows(pg) == expected_rows(range(5)), "PostgreSQL, never down, has every session"
         pg_stats = display.postgres.stats()
-        assert pg_stats.written == 5 and pg_stats.outages == 0 and pg_stats.dropped == 0
+        assert pg_stats.written == 5 and pg_stats.outages == 0 and pg_stats.refused == 0
         assert display.runner.failed == 0
         assert logs("redis: unreachable") and logs("redis: connected again")
         assert not logs("dropped")
@@ -249,7 +254,7 @@ def test_postgres_restart_mid_run_loses_no_completed_session(
 
         assert rows(pg) == expected_rows(range(5))
         stats = display.postgres.stats()
-        assert stats.connected and stats.outages >= 1 and stats.dropped == 0 and stats.rejected == 0, stats
+        assert stats.connected and stats.outages >= 1 and stats.refused == 0 and stats.rejected == 0, stats
         assert stats.written == 5 and stats.pending == 0, stats
         assert_images(rds, display, range(5))
         assert display.redis.stats().written == 10 and display.redis.stats().outages == 0
@@ -273,32 +278,37 @@ def test_postgres_unreachable_at_start_rows_appear_once_it_is_up(
         display.flush()
         assert rows(pg) == expected_rows(range(2))  # the table is created by the first write
         stats = display.postgres.stats()
-        assert stats.connected and stats.written == 2 and stats.dropped == 0 and stats.rejected == 0, stats
+        assert stats.connected and stats.written == 2 and stats.refused == 0 and stats.rejected == 0, stats
         assert_images(rds, display, range(2))
         assert logs("postgresql: connected again")
     finally:
         display.close()
 
 
-def test_full_queue_drops_the_oldest_writes_and_applies_the_newest(
+def test_full_outbox_refuses_new_writes_loudly_and_keeps_every_write_it_holds(
         rds: RedisServer, logs: Callable[[str], list[str]]) -> None:
     rds.kill()
-    writer = resized(redis_writer(rds.url, LOG), max_queue=3, retry_max_s=0.5)  # type: ignore[arg-type]
+    outbox = Outbox.memory(LOG)
+    outbox.quota_bytes = 3 * len(encode_redis(SaveImage("k0", b"v0", None)))  # room for three writes
+    writer = resized(redis_writer(rds.url, LOG), outbox, retry_max_s=0.5)  # type: ignore[arg-type]
     try:
-        for i in range(10):
-            writer.submit(SaveImage(f"k{i}", f"v{i}".encode(), None))
+        accepted = [writer.submit(SaveImage(f"k{i}", f"v{i}".encode(), None)) for i in range(10)]
+        assert accepted == [True] * 3 + [False] * 7
         stats = writer.stats()
-        assert stats.dropped == 7 and stats.pending == 3 and stats.written == 0, stats
-        assert len(logs("write queue full (3), dropped the oldest write")) == 7
+        assert stats.refused == 7 and stats.pending == 3 and stats.written == 0 and stats.quota_full, stats
+        assert len(logs("write refused: the outbox is at its disk quota")) == 7
+        assert len(logs("is at its quota")) == 1, "the outbox logs the quota once, the writer each refusal"
         rds.start()
         assert writer.flush(5), writer.stats()
         client = rds.client()
         try:
-            assert [client.get(f"k{i}") for i in range(10)] == [None] * 7 + [b"v7", b"v8", b"v9"]
+            assert [client.get(f"k{i}") for i in range(10)] == [b"v0", b"v1", b"v2"] + [None] * 7
         finally:
             client.close()
         stats = writer.stats()
-        assert stats.written == 3 and stats.dropped == 7 and stats.rejected == 0 and stats.pending == 0, stats
+        assert stats.written == 3 and stats.refused == 7 and stats.rejected == 0 and stats.pending == 0, stats
+        assert not stats.quota_full, "the flag clears once the outbox has room again"
+        assert not logs("dropped")
     finally:
         writer.close(1.0)
 
@@ -312,7 +322,7 @@ def test_redis_rejected_write_is_counted_and_does_not_block_the_rest(
         writer.submit(Publish("car_detections", "{}"))
         assert writer.flush(5), writer.stats()
         stats = writer.stats()
-        assert (stats.written, stats.rejected, stats.outages, stats.dropped) == (2, 1, 0, 0), stats
+        assert (stats.written, stats.rejected, stats.outages, stats.refused) == (2, 1, 0, 0), stats
         client = rds.client()
         try:
             assert client.get("bad") is None and client.get("good") == b"y"
@@ -337,7 +347,7 @@ def test_postgres_rejected_writes_are_counted_and_do_not_block_the_rest(
                              {"car_brand": "Aurex", "car_body_type": "Sedan"}))
         assert writer.flush(5), writer.stats()
         stats = writer.stats()
-        assert (stats.written, stats.rejected, stats.outages, stats.dropped) == (1, 2, 0, 0), stats
+        assert (stats.written, stats.rejected, stats.outages, stats.refused) == (1, 2, 0, 0), stats
         assert rows(pg) == {"s1": (DISPLAY, "Aurex", "Sedan")}
         assert pg.execute("SELECT count(*) FROM plates") == [(0,)]
         assert len(logs("postgresql: write rejected")) == 2 and not logs("unreachable")
@@ -378,3 +388,4 @@ def test_close_while_the_store_is_down_keeps_to_its_timeout(
     took = time.monotonic() - started
     assert took < 1.3, f"close(1.0) took {took:.2f} s"
     assert logs(f"{writer.name}: closing with 3 writes not applied")
+    assert writer.outbox.count(writer.name) == 3, "kept in the outbox for the next writer"

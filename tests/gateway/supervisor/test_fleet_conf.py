@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import pytest
 import zmq
 
 from detector_worker.config.spec import BusSettings
@@ -66,6 +67,7 @@ def test_fleet_d_defines_each_section_once_and_the_listener_only_in_events_conf(
     assert seen["program:gateway"] == "gateway.conf"
 
 
+@pytest.mark.slow  # make check skips it: a real supervisord
 def test_the_shipped_listener_runs_under_a_real_supervisord(tmp_path: Path) -> None:
     """The shipped section with only the endpoint changed, at the shipped depth (<project>/conf/<dir>/):
     `%(here)s` resolves, the listener forwards events, and its stdout (the protocol) is logged nowhere."""
