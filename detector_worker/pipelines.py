@@ -104,7 +104,7 @@ def prepare_onnx(model_dir: Path, config: PipelineConfig | None = None, *, url: 
             f"{model_dir.name}: holds only .pt model files ({names}) and workers run ONNX only (a .pt is a "
             f"pickle that can run code); pack the .onnx exports into the archive (`make models` does), or let "
             f"workers convert it: add {sha256} to models.convert_pt_sha256 (or a prefix of its URL to "
-            f"models.convert_pt_from) in the gateway settings, or the same keys of the cameras.yaml model policy")
+            f"models.convert_pt_from) in the gateway settings (conf/gateway.yaml)")
     log.info("converting %s of %s to ONNX in a confined child (allowed by the model policy)", names, model_dir.name)
     if on_progress is not None:
         on_progress("converting", f"{model_dir.name}: {names}")
@@ -209,7 +209,7 @@ def build_pipelines(spec: WorkerSpec, outbox: Outbox | None = None, on_progress:
         crop = sub.crop.box if sub.crop else None
         group = groups.get((key, crop))
         if group is None:
-            lane = Lane(instance, crop)
+            lane = Lane(instance, crop, motion=spec.motion)
             memory = None if outbox is None else LaneMemory(
                 outbox, spec.camera_id, f"{sub.model.id}|{sub.model.url}|{crop}", lane,
                 logging.getLogger("detector_worker.sessions"))

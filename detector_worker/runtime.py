@@ -213,8 +213,9 @@ class Worker:
             cycles = group.lane.process(image, captured_at)  # type: ignore[arg-type]
             if group.memory is not None:
                 group.memory.observe(cycles)  # before the displays: a fired vehicle never fires again
-            log.debug("frame %d: %d track(s), %d new cycle(s), %.1f ms", seq, len(group.lane.tracker.tracks),
-                      len(cycles), group.lane.stats.inference_ms)
+            log.debug("frame %d: %d track(s), %d new cycle(s), %.1f ms, detector on %d of %d frame(s)", seq,
+                      len(group.lane.tracker.tracks), len(cycles), group.lane.stats.inference_ms,
+                      group.lane.stats.detected, group.lane.stats.frames)
             for cycle in cycles:
                 result = vehicle_result(cycle)
                 for display in group.displays:
@@ -232,9 +233,10 @@ class Worker:
             tracks = [SnapshotTrack(box=box, track_id=tid, still=still, fired=fired, labels=labels)
                       for g in groups for box, tid, still, fired, labels in g.lane.overlay()]
             crops = [tuple(map(float, g.lane.crop_box)) for g in groups if g.lane.crop_box is not None]
+            motion = [tuple(map(float, b)) for g in groups for b in g.lane.motion_boxes()]
             self.bus.send(Snapshot(camera=self.spec.camera_id, sent_at=time.time(), captured_at=captured_at,
                                    jpeg_b64=base64.b64encode(buf.tobytes()).decode(), width=w, height=h,
-                                   tracks=tracks[:256], crops=crops[:16]))
+                                   tracks=tracks[:256], crops=crops[:16], motion=motion[:256]))
 
     @staticmethod
     def _thumbnail(cycle: VehicleCycle) -> str | None:
@@ -301,6 +303,9 @@ class Worker:
             log.warning("bus endpoints and log file settings take effect at the next restart of this camera")
         if _reader_settings(spec) != _reader_settings(old_spec):
             self._restart_reader()
+        if pipelines is None and spec.motion != old_spec.motion:
+            for group in self.pipelines.groups:
+                group.lane.set_motion(spec.motion)
         if pipelines is not None:
             old, self.pipelines = self.pipelines, pipelines
             old.close(flush_s=0.5)

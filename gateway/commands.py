@@ -15,9 +15,9 @@ from .desired import Refusal
 log = logging.getLogger("gateway.commands")
 
 
-def _refused(refusal: Refusal, request_type: str) -> p.ErrorMessage:
+def _refused(refusal: Refusal, request_type: str, index: int | None = None) -> p.ErrorMessage:
     return p.error_message(p.ProtocolError(refusal.code, refusal.message, request_type,
-                                           subscription_identifier=refusal.subscription_identifier))
+                                           subscription_identifier=refusal.subscription_identifier, index=index))
 
 
 async def handle(gateway: Gateway, msg: p.IncomingMessage) -> list[p.OutgoingMessage]:
@@ -31,7 +31,8 @@ async def handle(gateway: Gateway, msg: p.IncomingMessage) -> list[p.OutgoingMes
                 subscription_identifier=item.subscription_identifier, index=item.index)))
         keep = [item.subscription_identifier for item in msg.refused if item.subscription_identifier]
         refusals = desired.replace_backend(msg.subscriptions, keep=keep)
-        answers += [_refused(r, msg.type) for r in refusals]
+        place = {s.subscription_identifier: i for s, i in zip(msg.subscriptions, msg.indices, strict=True)}
+        answers += [_refused(r, msg.type, place.get(r.subscription_identifier)) for r in refusals]
         gateway.mark_dirty()
     elif isinstance(msg, p.Subscribe):
         answers += [_refused(r, msg.type) for r in desired.add_backend(msg.subscription)]

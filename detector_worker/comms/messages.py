@@ -136,6 +136,7 @@ class Snapshot(_Message):
     captured_at: float
     tracks: list[SnapshotTrack] = Field(default_factory=list, max_length=256)
     crops: list[Box] = Field(default_factory=list, max_length=16)  # the subscriptions' crop/ROI boxes
+    motion: list[Box] = Field(default_factory=list, max_length=256)  # the last frame's motion boxes (debug view)
 
 
 class ProcessState(BaseModel):

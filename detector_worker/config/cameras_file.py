@@ -22,6 +22,7 @@ from .spec import (
     LogSettings,
     ModelPolicy,
     ModelRef,
+    MotionSettings,
     ResourceLimits,
     Sha256,
     SourceSettings,
@@ -40,6 +41,7 @@ class CameraDefaults(StrictModel):
     stall_timeout_s: float = Field(10.0, gt=0, le=600)
     backoff: BackoffSettings = BackoffSettings()
     inference: InferenceSettings = InferenceSettings()
+    motion: MotionSettings = MotionSettings()
     resource_limits: ResourceLimits = ResourceLimits()
 
 
@@ -54,6 +56,7 @@ class CameraEntry(StrictModel):
     max_fps: float | None = Field(None, gt=0, le=120)
     stall_timeout_s: float | None = Field(None, gt=0, le=600)
     inference: InferenceSettings | None = None
+    motion: MotionSettings | None = None  # the whole block replaces defaults.motion
     resource_limits: ResourceLimits | None = None
 
     @field_validator("displays")
@@ -94,7 +97,7 @@ class CamerasFile(StrictModel):
                                         model=model, crop=cam.crop) for display in cam.displays],
             max_fps=cam.max_fps if cam.max_fps is not None else d.max_fps,
             stall_timeout_s=cam.stall_timeout_s or d.stall_timeout_s, backoff=d.backoff, bus=bus,
-            inference=cam.inference or d.inference, resource_limits=cam.resource_limits or d.resource_limits,
+            inference=cam.inference or d.inference, motion=cam.motion or d.motion, resource_limits=cam.resource_limits or d.resource_limits,
             log=log, stores=stores, model_cache_dir=model_cache_dir, model_policy=model_policy or ModelPolicy(),
         )
 

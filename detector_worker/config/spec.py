@@ -140,6 +140,21 @@ class InferenceSettings(StrictModel):
     device: Literal["cpu", "cuda"] = "cpu"
 
 
+class MotionSettings(StrictModel):
+    """Motion-gated detection (docs/operations.md, "Motion gating"): the detector runs on frames
+    with motion in the ROI, while a vehicle is not yet stable, and on stationary tracked vehicles
+    every `recheck_s`; `enabled: false` runs it on every frame."""
+
+    enabled: bool = True
+    threshold: int = Field(30, ge=1, le=255)  # grey-level change (after contrast stretch) that is motion
+    contour_area: int = Field(10, ge=0, le=100_000)  # smallest motion contour, in small-frame pixels
+    frame_height: int = Field(100, ge=16, le=2160)  # the motion detector's small frame height
+    frame_alpha: float = Field(0.02, gt=0, le=1)  # background running-average weight per frame
+    lightning_threshold: float = Field(0.8, gt=0, le=1)  # ROI share changed at once: recalibrate, no motion
+    recheck_s: float = Field(2.0, gt=0, le=600)  # stationary tracked vehicles are re-detected this often
+    idle_recheck_s: float = Field(10.0, gt=0, le=3600)  # and the ROI even with no motion and no track
+
+
 class ResourceLimits(StrictModel):
     memory_per_process_mb: int = Field(2048, ge=64)
     gpu_memory_fraction: float = Field(0.3, gt=0, le=1)
@@ -187,6 +202,7 @@ class WorkerSpec(StrictModel):
     backoff: BackoffSettings = BackoffSettings()
     bus: BusSettings = BusSettings()
     inference: InferenceSettings = InferenceSettings()
+    motion: MotionSettings = MotionSettings()
     resource_limits: ResourceLimits = ResourceLimits()
     log: LogSettings = LogSettings()
     stores: StoreOverrides = StoreOverrides()

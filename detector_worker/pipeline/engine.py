@@ -18,7 +18,9 @@ from typing import Literal
 
 import numpy as np
 
+from ..config.spec import MotionSettings
 from ..imaging import Image, crop, resize_to
+from ..video.motion import GateStats, MotionGate, MotionParams
 from .models import Classifier, DetectedObject, Detector, load_classifier, load_detector
 from .schema import Node, PipelineConfig, ResultRole, Tracking
 from .tracking import Box, IouTracker, Track, iou
@@ -73,6 +75,8 @@ class _Fired:
 @dataclass
 class LaneStats:
     inference_ms: float = 0.0  # last frame's detector + branches time
+    frames: int = 0  # frames the lane saw
+    detected: int = 0  # frames the detector ran on (all of them without motion gating)
 
 
 class PipelineInstance:
@@ -161,6 +165,7 @@ class Lane:
     pipeline: PipelineInstance
     crop_box: tuple[int, int, int, int] | None = None
     stats: LaneStats = field(default_factory=LaneStats)
+    motion: MotionSettings | None = None  # None or enabled=False: the detector runs on every frame
 
     def __post_init__(self) -> None:
         root = self.pipeline.root
@@ -170,10 +175,45 @@ class Lane:
                                   stability_frames=stability)
         self.vehicle_class = "Car" if "Car" in root.trigger_classes else root.trigger_classes[0]
         self._fired: dict[int, _Fired] = {}
+        self.gate: MotionGate | None = None
+        self.set_motion(self.motion)
 
-    def process(self, frame: Image, captured_at: float) -> list[VehicleCycle]:
-        """Detect, track, and run a cycle for each vehicle that just became stable."""
+    def set_motion(self, motion: MotionSettings | None) -> None:
+        """(Re)configure motion gating; a changed setting starts a fresh motion background."""
+        self.motion = motion
+        if motion is None or not motion.enabled:
+            self.gate = None
+            return
+        params = MotionParams(threshold=motion.threshold, contour_area=motion.contour_area,
+                              frame_height=motion.frame_height, frame_alpha=motion.frame_alpha,
+                              lightning_threshold=motion.lightning_threshold)
+        self.gate = MotionGate(params, self.crop_box, recheck_s=motion.recheck_s,
+                               idle_recheck_s=motion.idle_recheck_s)
+
+    @property
+    def gate_stats(self) -> GateStats | None:
+        return self.gate.stats if self.gate is not None else None
+
+    def motion_boxes(self) -> list[tuple[int, int, int, int]]:
+        """The last frame's motion boxes (full-frame pixels), for the dashboard's debug view."""
+        return list(self.gate.boxes) if self.gate is not None else []
+
+    def process(self, frame: Image, captured_at: float, now: float | None = None) -> list[VehicleCycle]:
+        """Detect, track, and run a cycle for each vehicle that just became stable.
+
+        `now`: the lane's clock in seconds (re-checks, re-acquisition); time.monotonic() if None,
+        a frame's timestamp when replaying footage offline."""
         start = time.perf_counter()
+        now = time.monotonic() if now is None else now
+        self.stats.frames += 1
+        if self.gate is not None:
+            alive = [t for t in self.tracker.tracks]
+            pending = any(t.track_id not in self._fired for t in alive)
+            stationary = [t.box for t in alive if t.track_id in self._fired]
+            if not self.gate.decide(frame, now, pending=pending, stationary=stationary, tracked=bool(alive)):
+                self.stats.inference_ms = (time.perf_counter() - start) * 1000
+                return []
+        self.stats.detected += 1
         ox, oy = 0, 0
         view = frame
         if self.crop_box is not None:
@@ -185,7 +225,6 @@ class Lane:
         ] if view.size else []
         vehicles = [d for d in detections if d.label == self.vehicle_class]
         tracks = self.tracker.update([(d.box, d.confidence) for d in vehicles])
-        now = time.monotonic()
         cycles: list[VehicleCycle] = []
         for track in tracks:
             if track.track_id in self._fired:

@@ -211,14 +211,27 @@ class LatestFrameReader:
                 return self._fail(gen, f"open failed: {exc}")
             if not self._enter(gen, _Phase.READING, source):
                 return False
+            grab, retrieve = getattr(source, "grab", None), getattr(source, "retrieve", None)
             while True:
+                kept: bool | None = None
                 try:
-                    frame = source.read()
+                    if grab is not None and retrieve is not None:
+                        # decode every frame, convert only those max_fps keeps (GrabbingSource)
+                        frame = None
+                        if grab():
+                            kept = self._progress(gen, time.monotonic())
+                            if kept is None:
+                                return False
+                            if not kept:
+                                continue
+                            frame = retrieve()
+                    else:
+                        frame = source.read()
                 except Exception as exc:
                     return self._fail(gen, f"read error from {source.describe()}: {exc}")
                 if frame is None:
                     return self._fail(gen, f"no frame from {source.describe()} (connection lost or end of stream)")
-                if not self._publish(gen, frame, source):
+                if not self._publish(gen, frame, source, kept):
                     return False
         finally:
             # Only ever the thread that owns the source closes it: never one blocked elsewhere.
@@ -236,7 +249,16 @@ class LatestFrameReader:
                 self._opens += 1
             return True
 
-    def _publish(self, gen: int, frame: Frame, source: FrameSource) -> bool:
+    def _progress(self, gen: int, t: float) -> bool | None:
+        """A frame was grabbed at t: progress for the watchdog; whether max_fps keeps it (None: stale)."""
+        with self._cond:
+            if gen != self._generation:
+                return None
+            self._phase_since = t
+            return self._keep_locked(t)
+
+    def _publish(self, gen: int, frame: Frame, source: FrameSource, kept: bool | None = None) -> bool:
+        """Publish `frame` if max_fps keeps it (`kept`: already decided at its grab)."""
         with self._cond:
             if gen != self._generation:
                 return False
@@ -245,7 +267,7 @@ class LatestFrameReader:
             if came_online:
                 self._online = True
                 self._backoff.reset()
-            if self._keep_locked(frame.monotonic):
+            if kept if kept is not None else self._keep_locked(frame.monotonic):
                 self._seq += 1
                 self._latest = dataclasses.replace(frame, seq=self._seq)
                 self._last_frame_at = frame.monotonic

@@ -69,6 +69,21 @@ def _frame(image: BgrImage, seq: int) -> Frame:
     return Frame(image=image, seq=seq, captured_at=time.time(), monotonic=time.monotonic())
 
 
+class GrabbingSource(FrameSource, Protocol):
+    """A source that can take a frame in two steps: `grab()` decodes it (the stream must be decoded
+    to stay in sync), `retrieve()` converts it to BGR and hands it out. The reader grabs every
+    frame and retrieves only those its `max_fps` keeps: the colour conversion and the copy
+    (~1 ms per 1080p frame) are skipped for the rest."""
+
+    def grab(self) -> bool: ...
+    def retrieve(self) -> Frame | None: ...
+
+
+# One FFmpeg decode thread per camera: a worker is one camera on (at most) one core, and FFmpeg's
+# default (a thread per core, plus frame threading's extra latency) only fights the other cameras.
+_ONE_DECODE_THREAD = (cv2.CAP_PROP_N_THREADS, 1)
+
+
 class RtspSource:
     """An RTSP camera through OpenCV's FFmpeg backend, over TCP, with open/read timeouts."""
 
@@ -78,7 +93,7 @@ class RtspSource:
             # Timeouts only work as constructor parameters, not via set().
             cv2.CAP_PROP_OPEN_TIMEOUT_MSEC, round(open_timeout_s * 1000),
             cv2.CAP_PROP_READ_TIMEOUT_MSEC, round(read_timeout_s * 1000),
-            cv2.CAP_PROP_N_THREADS, 1,  # halves decode latency (~100 ms vs ~200 ms) at these sizes
+            *_ONE_DECODE_THREAD,  # also halves decode latency (~100 ms vs ~200 ms) at these sizes
         ]
         self._cap: cv2.VideoCapture | None = None
         self._seq = 0
@@ -94,9 +109,15 @@ class RtspSource:
         self._cap = cap
 
     def read(self) -> Frame | None:
+        return self.retrieve() if self.grab() else None
+
+    def grab(self) -> bool:
+        return self._cap is not None and bool(self._cap.grab())
+
+    def retrieve(self) -> Frame | None:
         if self._cap is None:
             return None
-        ok, image = self._cap.read()
+        ok, image = self._cap.retrieve()
         bgr = _bgr(image) if ok else None
         if bgr is None:
             return None
@@ -216,7 +237,7 @@ class FileSource:
         self._interrupted.clear()
         if not self._path.is_file():
             raise SourceError(f"no such video file: {self._path}")
-        cap = cv2.VideoCapture(str(self._path))
+        cap = cv2.VideoCapture(str(self._path), cv2.CAP_ANY, list(_ONE_DECODE_THREAD))
         if not cap.isOpened():
             cap.release()
             raise SourceError(f"cannot open video file {self._path}")
@@ -225,24 +246,36 @@ class FileSource:
         self._cap, self._next_due = cap, None
 
     def read(self) -> Frame | None:
+        return self.retrieve() if self.grab() else None
+
+    def grab(self) -> bool:
+        """The next frame at the file's own pace, decoded but not converted (see `GrabbingSource`)."""
         if self._cap is None:
-            return None
+            return False
         now = time.monotonic()
         if self._next_due is not None and self._next_due > now and self._interrupted.wait(self._next_due - now):
-            return None
-        ok, image = self._cap.read()
+            return False
+        ok = self._cap.grab()
         if not ok and self._loop:
             # Reopening is more reliable than seeking to frame 0 across containers.
             self._cap.release()
-            self._cap = cv2.VideoCapture(str(self._path))
-            ok, image = self._cap.read()
-        bgr = _bgr(image) if ok else None
-        if bgr is None:
-            return None
+            self._cap = cv2.VideoCapture(str(self._path), cv2.CAP_ANY, list(_ONE_DECODE_THREAD))
+            ok = self._cap.grab()
+        if not ok:
+            return False
         now = time.monotonic()
         due = (now if self._next_due is None else self._next_due) + self._period
         # A caller that paused must not get a fast-forward burst: resume at live pace.
         self._next_due = due if due >= now - self._period else now
+        return True
+
+    def retrieve(self) -> Frame | None:
+        if self._cap is None:
+            return None
+        ok, image = self._cap.retrieve()
+        bgr = _bgr(image) if ok else None
+        if bgr is None:
+            return None
         self._seq += 1
         return _frame(bgr, self._seq)
 

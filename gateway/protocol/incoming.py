@@ -34,9 +34,9 @@ DEFAULT_SNAPSHOT_INTERVAL_MS = 5000
 
 
 class WireModel(BaseModel):
-    """A backend object: unknown keys kept aside (reported, then dropped), values checked strictly."""
+    """A backend object: unknown keys ignored (reported by the parser), values checked strictly."""
 
-    model_config = ConfigDict(extra="allow", frozen=True, strict=True, validate_by_alias=True,
+    model_config = ConfigDict(extra="ignore", frozen=True, strict=True, validate_by_alias=True,
                               validate_by_name=False, allow_inf_nan=False)
 
     @model_validator(mode="before")
@@ -48,8 +48,13 @@ class WireModel(BaseModel):
             return {k: v for k, v in data.items() if not (v is None and k in optional)}
         return data
 
-    def ignored_keys(self) -> list[str]:
-        return sorted(self.model_extra or {})
+    @classmethod
+    def unknown_keys(cls, obj: object) -> list[str]:
+        """The keys of a received object that this model does not know (ignored, never refused)."""
+        if not isinstance(obj, dict):
+            return []
+        known = {f.alias or name for name, f in cls.model_fields.items()}
+        return sorted(k for k in obj if k not in known)
 
 
 _CROP_KEYS = ("cropX1", "cropY1", "cropX2", "cropY2")
@@ -151,11 +156,12 @@ class _Message:
 
 @dataclass(frozen=True)
 class SetSubscriptionList(_Message):
-    """Declarative: the full list wanted now. `subscriptions` holds the usable items; `refused` the rest
-    (an existing subscription whose new definition was refused keeps running as it was)."""
+    """Declarative: the full list wanted now. `subscriptions` holds the usable items (at `indices` in the
+    list); `refused` the rest (an existing subscription whose new definition was refused keeps running)."""
 
     subscriptions: tuple[Subscription, ...]
     refused: tuple[RefusedItem, ...] = ()
+    indices: tuple[int, ...] = ()
     type: Literal["setSubscriptionList"] = "setSubscriptionList"
 
 

@@ -40,7 +40,9 @@ from .incoming import (
 
 MAX_MESSAGE_BYTES = 1_048_576
 OUTGOING_TYPES: frozenset[str] = frozenset({"imageDetection", "stateReport", "patchSession", "error"})
-_MAX_OBJECT_KEYS = 64  # no object of this protocol has more than 13; bounds the work spent on a bad message
+# No object of this protocol has more than 13 keys; newer backends may add some, ignored. This only bounds
+# the work an absurd message can cause (the 1 MiB size limit bounds the rest).
+_MAX_OBJECT_KEYS = 1024
 _JSON_MAX_INT_DIGITS = 400
 _ENVELOPE_KEYS = frozenset({"type", "payload"})
 
@@ -129,8 +131,8 @@ def _identifier_of(item: object) -> str | None:
     return candidate if is_subscription_identifier(candidate) else None
 
 
-def _ignored(model: WireModel, where: str) -> list[str]:
-    return [f"{where}.{key}" if where else key for key in model.ignored_keys()]
+def _ignored(model: type[WireModel], obj: object, where: str) -> list[str]:
+    return [f"{where}.{key}" if where else key for key in model.unknown_keys(obj)]
 
 
 def _command_object(data: Mapping[str, Any], type_: str) -> tuple[Any, tuple[str | int, ...], list[str]]:
@@ -142,10 +144,10 @@ def _command_object(data: Mapping[str, Any], type_: str) -> tuple[Any, tuple[str
 
 
 def _subscription_list(data: Mapping[str, Any]) -> tuple[Any, tuple[str | int, ...], list[str]]:
-    if "subscriptions" in data:
+    if data.get("subscriptions") is not None:  # null means absent, as everywhere
         return data["subscriptions"], ("subscriptions",), [k for k in data if k not in {"type", "subscriptions"}]
     payload = data.get("payload")
-    if isinstance(payload, dict) and "subscriptions" in payload:
+    if isinstance(payload, dict) and payload.get("subscriptions") is not None:
         ignored = [k for k in data if k not in _ENVELOPE_KEYS] + [f"payload.{k}" for k in payload
                                                                    if k != "subscriptions"]
         return payload["subscriptions"], ("payload", "subscriptions"), ignored
@@ -166,10 +168,12 @@ def _parse_list(data: Mapping[str, Any]) -> SetSubscriptionList:
                                                       f"most {MAX_SUBSCRIPTIONS} (nothing was changed)",
                             "setSubscriptionList")
     accepted: list[WireSubscription] = []
+    indices: list[int] = []
     refused: list[RefusedItem] = []
     first_seen: dict[str, int] = {}
     for index, raw in enumerate(items):
         identifier = _identifier_of(raw)
+        ignored.extend(f"{where}[].{key}" for key in WireSubscription.unknown_keys(raw))
         try:
             item = WireSubscription.model_validate(raw)
         except ValidationError as err:
@@ -182,8 +186,8 @@ def _parse_list(data: Mapping[str, Any]) -> SetSubscriptionList:
                                                           f"duplicate (first at {format_loc((*prefix, seen))})"))
             continue
         accepted.append(item)
-        ignored.extend(f"{where}[].{key}" for key in item.ignored_keys())
-    return SetSubscriptionList(tuple(s.to_subscription() for s in accepted), tuple(refused),
+        indices.append(index)
+    return SetSubscriptionList(tuple(s.to_subscription() for s in accepted), tuple(refused), tuple(indices),
                                ignored=tuple(sorted(set(ignored))))
 
 
@@ -227,25 +231,22 @@ def _parse_known(data: Mapping[str, Any], type_: str) -> IncomingMessage:
     where = format_loc(prefix)
     if not isinstance(obj, dict):
         raise ProtocolError(ErrorCode.INVALID_MESSAGE, f"{where or 'message'}: must be an object", type_)
-    if type_ == "subscribe":
-        sub = _validate(WireSubscription, obj, type_, prefix)
-        assert isinstance(sub, WireSubscription)
-        return Subscribe(sub.to_subscription(), ignored=tuple([*ignored, *_ignored(sub, where)]))
-    if type_ == "unsubscribe":
-        unsub = _validate(WireUnsubscribe, obj, type_, prefix)
-        assert isinstance(unsub, WireUnsubscribe)
-        return Unsubscribe(unsub.subscription_identifier, ignored=tuple([*ignored, *_ignored(unsub, where)]))
-    if type_ == "setSessionId":
-        session = _validate(WireSessionId, obj, type_, prefix)
-        assert isinstance(session, WireSessionId)
-        return SetSessionId(session.display_identifier, session.session_id,
-                            ignored=tuple([*ignored, *_ignored(session, where)]))
-    if type_ == "setProgressionStage":
-        stage = _validate(WireProgressionStage, obj, type_, prefix)
-        assert isinstance(stage, WireProgressionStage)
-        return SetProgressionStage(stage.display_identifier, stage.progression_stage,
-                                   ignored=tuple([*ignored, *_ignored(stage, where)]))
-    result = _validate(WirePatchSessionResult, obj, type_, prefix)
-    assert isinstance(result, WirePatchSessionResult)
-    return PatchSessionResult(result.session_id, result.success, result.message,
-                              ignored=tuple([*ignored, *_ignored(result, where)]))
+    model = _COMMAND_MODELS[type_]
+    wire = _validate(model, obj, type_, prefix)
+    extra = tuple([*ignored, *_ignored(model, obj, where)])
+    if isinstance(wire, WireSubscription):
+        return Subscribe(wire.to_subscription(), ignored=extra)
+    if isinstance(wire, WireUnsubscribe):
+        return Unsubscribe(wire.subscription_identifier, ignored=extra)
+    if isinstance(wire, WireSessionId):
+        return SetSessionId(wire.display_identifier, wire.session_id, ignored=extra)
+    if isinstance(wire, WireProgressionStage):
+        return SetProgressionStage(wire.display_identifier, wire.progression_stage, ignored=extra)
+    assert isinstance(wire, WirePatchSessionResult)
+    return PatchSessionResult(wire.session_id, wire.success, wire.message, ignored=extra)
+
+
+_COMMAND_MODELS: Mapping[str, type[WireModel]] = {
+    "subscribe": WireSubscription, "unsubscribe": WireUnsubscribe, "setSessionId": WireSessionId,
+    "setProgressionStage": WireProgressionStage, "patchSessionResult": WirePatchSessionResult,
+}

@@ -141,7 +141,7 @@ def test_record_subscription_parses_in_every_shape_into_our_subscription() -> No
     for shape in LIST_SHAPES:
         msg = parse(as_list(shape, [RECORD_SUBSCRIPTION]))
         assert isinstance(msg, SetSubscriptionList)
-        assert msg == SetSubscriptionList(subscriptions=(one,), refused=(), ignored=()), shape
+        assert msg == SetSubscriptionList(subscriptions=(one,), refused=(), indices=(0,), ignored=()), shape
 
 
 def test_record_image_detection_round_trips() -> None:
@@ -688,13 +688,12 @@ def test_the_item_limit() -> None:
     assert err.code == ErrorCode.LIMIT_EXCEEDED and err.message.startswith("payload.subscriptions: 1001 subscriptions")
 
 
-def test_big_objects_are_refused_cheaply_as_a_whole() -> None:
-    err = reject({"type": "requestState", **{f"k{i}": 0 for i in range(70)}})
-    assert err.code == INVALID and err.message.startswith("an object has 71 fields")
-    # NB: the bound holds inside a list item too, and refuses the whole list (not only that item)
-    err = reject({"type": L, "subscriptions": [sub(), sub(subscriptionIdentifier="d;c",
-                                                          **{f"k{i}": 0 for i in range(60)})]})
-    assert err.code == INVALID and err.message.startswith("an object has 71 fields") and err.index is None
+def test_many_unknown_keys_are_ignored_and_only_absurd_objects_refused_as_a_whole() -> None:
+    msg = parse({"type": L, "subscriptions": [sub(), sub(subscriptionIdentifier="d;c",
+                                                         **{f"k{i}": 0 for i in range(60)})]})
+    assert isinstance(msg, SetSubscriptionList) and len(msg.subscriptions) == 2 and not msg.refused
+    err = reject({"type": "requestState", **{f"k{i}": 0 for i in range(1100)}})
+    assert err.code == INVALID and err.message.startswith("an object has 1101 fields")
 
 
 def test_rejection_names_the_subscription_when_its_identifier_is_valid() -> None:
@@ -1169,8 +1168,6 @@ def test_oversize_is_always_too_large(limit: int, over: int, char: str, kind: st
     assert err.code == ErrorCode.TOO_LARGE and str(limit) in err.message
 
 
-@pytest.mark.xfail(strict=True, reason="gateway bug: an unknown key holding a lone surrogate is ignored in the "
-                                       "envelope but refuses the payload (and a list item) it is in")
 def test_a_lone_surrogate_key_is_treated_alike_everywhere() -> None:
     """An unknown key is never a reason to refuse (tolerant reader); a key that is not valid Unicode
     text might be (it is broken JSON text). Either way, the same wherever the key is."""

@@ -430,7 +430,6 @@ EVIL_MODELS = [  # camera → (modelUrl template, modelId, what its worker's log
     [("evil-length", "http://127.0.0.1:{port}/huge-length.mpta", "evil-length", "Content-Length 1000000000000"),
      ("evil-redirect", "http://127.0.0.1:{port}/redirect.mpta", "evil-redirect", "Redirection to url"),
      ("evil-closed", "http://127.0.0.1:{closed}/x.mpta", "evil-closed", "Connection refused"),
-     ("evil-passwd", "file:///etc/passwd", "evil-passwd", "not a valid zip archive"),
      ("evil-html", "http://127.0.0.1:{port}/html.mpta", "evil-html", "not a valid zip archive"),
      ("evil-creds", "http://evil:" + SECRET + "@127.0.0.1/x.mpta", "evil-creds", "cannot connect"),
      # the credentials are used (Basic auth), and the archive behind them is still checked
@@ -476,6 +475,20 @@ def test_malicious_model_archives_are_never_unpacked_and_their_worker_says_why(
     assert sorted(p.name for p in site.cache.iterdir() if not p.name.startswith(".")) == site.good_entries
     assert not CANARY.exists()
     secret_only_in_specs(site)
+    check_files(site)
+    site.benign_still_running()
+
+
+@pytest.mark.parametrize("url", ["file:///etc/passwd", f"file://{CANARY}/x.mpta", "file:///work/../etc/passwd"])
+def test_a_file_model_url_outside_the_model_dirs_is_refused_alone(site: Site, url: str) -> None:
+    """The gateway's policy: a file:// model URL must name a file in a configured model directory.
+    The item is refused with an error naming it; the rest of the list applies."""
+    bad = sub("display-evil", "evil-file", modelUrl=url, modelId="evil-file")
+    errors = site.send({"type": "setSubscriptionList", "payload": [sub("display-b", "benign"), bad]})
+    assert [(e["code"], e["subscriptionIdentifier"]) for e in errors] == [
+        ("invalid_message", bad["subscriptionIdentifier"])], errors
+    assert "modelUrl" in errors[0]["message"] and url not in errors[0]["message"], errors
+    site.cameras_become({"benign"})
     check_files(site)
     site.benign_still_running()
 

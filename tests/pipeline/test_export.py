@@ -12,7 +12,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from detector_worker.pipeline.export import ensure_onnx, export_in_subprocess, model_files, prepare_archive_dir
+from detector_worker.pipeline.export import (
+    SAFE_CLASSES,
+    ensure_onnx,
+    export_in_subprocess,
+    landlock_confine,
+    model_files,
+    prepare_archive_dir,
+)
 from detector_worker.pipeline.models import ModelLoadError, load_classifier, load_detector
 from detector_worker.synthetic.standin import BODY, DETECTOR
 from tests.conftest import ROOT
@@ -111,7 +118,7 @@ def test_missing_or_corrupt_pt_on_the_ultralytics_backend(tmp_path: Path) -> Non
 @pytest.mark.slow
 def test_export_cli_failure_is_reported(tmp_path: Path) -> None:
     (tmp_path / "bad.pt").write_bytes(b"not a checkpoint")
-    with pytest.raises(ModelLoadError, match=r"exporting .* failed \(exit 1\)"):
+    with pytest.raises(ModelLoadError, match=r"converting .* failed: bad.pt: refused by torch's safe loader"):
         export_in_subprocess(tmp_path)
     assert not (tmp_path / "bad.onnx").exists()
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".export-")] == []  # temp dir cleaned up
@@ -133,3 +140,73 @@ def test_providers_fall_back_to_the_cpu(monkeypatch: pytest.MonkeyPatch) -> None
     assert (options.intra_op_num_threads, options.inter_op_num_threads) == (1, 1)
     with pytest.raises(ValueError):
         onnx_backend.session_options(0)
+
+
+# --- the safe loader and the confined converter ------------------------------------------------
+
+CANARY_PT = textwrap.dedent("""
+    import os, sys, torch
+    class Bomb:
+        def __reduce__(self):
+            return os.system, (f"touch {sys.argv[2]}",)
+    torch.save({"model": Bomb(), "train_args": {"imgsz": 64}}, sys.argv[1])
+""")
+
+
+def test_a_pickle_that_runs_code_is_refused_by_the_safe_loader(tmp_path: Path) -> None:
+    pt, canary = tmp_path / "bomb.pt", tmp_path / "canary"
+    subprocess.run([sys.executable, "-c", CANARY_PT, str(pt), str(canary)], check=True, timeout=120)
+    with pytest.raises(ModelLoadError, match=r"bomb.pt: refused by torch's safe loader.*GLOBAL posix.system"):
+        ensure_onnx(pt)  # in this process: the safe loader alone must hold
+    assert not canary.exists() and not pt.with_suffix(".onnx").exists()
+    with pytest.raises(ModelLoadError, match="refused by torch's safe loader"):
+        export_in_subprocess(tmp_path)
+    assert not canary.exists()
+
+
+def test_the_allow_list_is_what_the_committed_checkpoints_need(exported_models: Path) -> None:
+    import torch
+
+    needed = set()
+    for pt in exported_models.glob("*.pt"):
+        needed |= set(torch.serialization.get_unsafe_globals_in_checkpoint(str(pt)))
+    assert needed == set(SAFE_CLASSES)  # no more (minimal), no less (the models convert)
+
+
+CONFINED = textwrap.dedent("""
+    import socket, sys
+    from pathlib import Path
+    from detector_worker.pipeline.export import landlock_confine
+    inside, outside, port = Path(sys.argv[1]), Path(sys.argv[2]), int(sys.argv[3])
+    print("abi", landlock_confine(inside), flush=True)
+    (inside / "ok").write_text("fine")
+    open("/dev/null", "w").write("x")
+    for attempt in (lambda: (outside / "escaped").write_text("no"), lambda: (inside / "ok").rename(outside / "moved"),
+                    lambda: socket.create_connection(("127.0.0.1", port), timeout=2)):
+        try:
+            attempt()
+            print("allowed", flush=True)
+        except OSError as err:
+            print("denied", type(err).__name__, flush=True)
+""")
+
+
+def test_landlock_lets_the_converter_write_only_in_its_temp_dir(tmp_path: Path) -> None:
+    import socket
+
+    inside, outside = tmp_path / "inside", tmp_path / "outside"
+    inside.mkdir()
+    outside.mkdir()
+    listener = socket.create_server(("127.0.0.1", 0))
+    try:
+        done = subprocess.run([sys.executable, "-c", CONFINED, str(inside), str(outside),
+                               str(listener.getsockname()[1])], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    finally:
+        listener.close()
+    lines = done.stdout.splitlines()
+    if lines and lines[0] == "abi 0":
+        pytest.skip("this kernel has no Landlock")
+    assert done.returncode == 0, done.stderr
+    assert lines[1:] == ["denied PermissionError"] * 3, lines
+    assert (inside / "ok").read_text() == "fine" and list(outside.iterdir()) == []
+    assert landlock_confine is not None
