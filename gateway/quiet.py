@@ -13,7 +13,7 @@ class LogLimiter:
         self._interval = interval_s
         self._max_keys = max_keys
         self._last: dict[str, float] = {}
-        self._suppressed = 0
+        self._held: dict[str, int] = {}  # lines held back per kind since its last line
         self._reported = 0
 
     def allow(self, key: str) -> bool:
@@ -21,12 +21,13 @@ class LogLimiter:
         now = time.monotonic()
         last = self._last.get(key)
         if last is not None and now - last < self._interval:
-            self._suppressed += 1
+            self._held[key] = self._held.get(key, 0) + 1
             return False
         if last is None and len(self._last) >= self._max_keys:
             self._last.clear()  # bounded: many distinct keys only cost a few extra lines
+            self._held.clear()
         self._last[key] = now
-        self._reported, self._suppressed = self._suppressed, 0
+        self._reported = self._held.pop(key, 0)
         return True
 
     def suffix(self) -> str:
