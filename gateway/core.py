@@ -369,14 +369,22 @@ class Gateway:
         await self.restart_hung()
 
     async def restart_hung(self) -> None:
+        """A worker that stops its heartbeats, or whose start-up (fetching, converting, opening its
+        models) takes longer than `startup_timeout`, is restarted. Heartbeats flow from a worker's
+        first moment, so a long download is not a hang."""
         timeout = self.settings.session_processes.heartbeat_timeout
+        startup = self.settings.session_processes.startup_timeout
         for camera_id, state in list(self.states.items()):
             program = self.programs.get(camera_id)
-            if program is None or camera_id in self.desired.operator_stopped:
+            if program is None or camera_id in self.desired.operator_stopped or state.process_state != "RUNNING":
                 continue
-            if state.process_state == "RUNNING" and state.silent_for() > timeout:
-                log.error("camera %s: no heartbeat for %.0f s while its process runs: restarting it",
-                          camera_id, state.silent_for())
+            why = None
+            if state.silent_for() > timeout:
+                why = f"no heartbeat for {state.silent_for():.0f} s while its process runs"
+            elif state.starting_for() > startup:
+                why = f"still {state.phase} after {state.starting_for():.0f} s (startup_timeout)"
+            if why is not None:
+                log.error("camera %s: %s: restarting it", camera_id, why)
                 state.on_hung_restart()
                 self.metrics.hung_restarts.labels(camera_id).inc()
                 await self._supervise(self.supervisor.restart, program.name)

@@ -65,6 +65,11 @@ _CAMERA_GAUGES: tuple[tuple[str, str, Callable[[CameraState], float]], ...] = (
     ("fleet_camera_store_writes_pending", "store writes queued or retrying in the worker",
      lambda c: c.store_pending),
     ("fleet_camera_rss_bytes", "worker resident memory", lambda c: c.rss_bytes),
+    ("fleet_camera_store_quota_full", "1 when the worker's durable outbox is at its disk quota (writes refused)",
+     lambda c: float(c.store_quota_full)),
+    ("fleet_camera_starting_seconds", "how long the worker has been starting (fetching, converting, opening)",
+     lambda c: c.starting_for()),
+    ("fleet_camera_display_errors", "displays whose pipeline could not be built", lambda c: len(c.display_errors)),
 )
 
 

@@ -29,6 +29,7 @@ class SessionProcesses(StrictModel):
     process_cleanup_timeout: float = Field(30.0, ge=0, le=3600)  # s a gone backend's cameras survive
     health_check_interval: float = Field(2.0, gt=0, le=3600)  # s between stateReports (the backend's heartbeat)
     heartbeat_timeout: float = Field(15.0, gt=0, le=3600)  # s of worker silence that counts as hung
+    startup_timeout: float = Field(600.0, gt=0, le=86400)  # s a worker may take to fetch/convert/open its models
     log_rotation: LogRotation = LogRotation()
 
 

@@ -38,6 +38,11 @@ class CameraState:
     frames_processed: int = 0  # worker's count since it started
     store_pending: int = 0  # store writes queued or retrying in the worker now
     store_failed: int = 0  # store writes the worker gave up, since it started
+    store_quota_full: bool = False  # its durable outbox is at its disk quota: new writes are refused
+    display_errors: dict[str, str] = field(default_factory=dict)  # displays whose pipeline failed → why
+    phase: str = "starting"  # the worker's own word: starting, fetching, converting, opening, running
+    phase_detail: str | None = None
+    phase_since: float = field(default_factory=time.monotonic)  # monotonic
     restarts: int = 0  # process restarts seen (crashes, hung-worker restarts), not first starts
     hung_restarts: int = 0
     detections: int = 0
@@ -68,11 +73,19 @@ class CameraState:
         self.rss_mb, self.last_error = msg.rss_mb, msg.last_error
         self.frames_processed, self.store_pending, self.store_failed = (
             msg.frames_processed, msg.store_pending, msg.store_failed)
+        self.store_quota_full, self.display_errors = msg.store_quota_full, dict(msg.display_errors)
         self.last_heartbeat = time.monotonic()
 
     def on_heartbeat(self, msg: Heartbeat) -> None:
         self.last_heartbeat = time.monotonic()
         self.worker_pid = msg.pid
+        if msg.phase != self.phase:
+            self.phase, self.phase_since = msg.phase, time.monotonic()
+        self.phase_detail = msg.detail
+
+    def starting_for(self) -> float:
+        """Seconds this worker has been starting (fetching, converting, opening); 0 once it runs."""
+        return 0.0 if self.phase == "running" else time.monotonic() - self.phase_since
 
     def on_detection(self, msg: DisplayDetection) -> None:
         self.detections += 1
@@ -81,7 +94,7 @@ class CameraState:
     def on_hung_restart(self) -> None:
         """The gateway restarts this worker because its heartbeats stopped while the process ran."""
         self.hung_restarts += 1
-        self.last_heartbeat = time.monotonic()  # one restart per timeout, not one per reconcile pass
+        self.last_heartbeat = self.phase_since = time.monotonic()  # one restart per timeout, not one per pass
 
     def on_process_state(self, state: str, pid: int | None) -> None:
         """supervisord's view; a RUNNING after a previous RUNNING means the process was restarted."""
@@ -90,6 +103,8 @@ class CameraState:
                 self.restarts += 1
             self._seen_running = True
             self.last_heartbeat = time.monotonic()  # give a fresh process its full heartbeat timeout
+        if state in ("STARTING", "BACKOFF") or (state == "RUNNING" and self.pid != pid):
+            self.phase, self.phase_detail, self.phase_since = "starting", None, time.monotonic()  # a new process
         else:
             self.stream_online = False
         self.process_state, self.pid = state, pid if state == "RUNNING" else None
@@ -106,7 +121,8 @@ class CameraState:
             "fps": round(self.fps, 2), "inference_ms": round(self.inference_ms, 2), "reconnects": self.reconnects,
             "stalls": self.stalls, "dropped": self.dropped, "rss_mb": round(self.rss_mb, 1),
             "frames_processed": self.frames_processed, "store_pending": self.store_pending,
-            "store_failed": self.store_failed,
+            "store_failed": self.store_failed, "store_quota_full": self.store_quota_full,
+            "display_errors": self.display_errors, "phase": self.phase, "phase_detail": self.phase_detail,
             "restarts": self.restarts, "hung_restarts": self.hung_restarts, "detections": self.detections,
             "last_error": self.last_error, "heartbeat_age_s": round(self.silent_for(), 1),
         }

@@ -23,7 +23,9 @@ def state_report(gateway: Gateway) -> StateReport:
         connections.append(CameraConnection.from_subscription(
             sub, online=bool(state and state.online), fps=state.fps if state else None,
             inference_ms=state.inference_ms if state else None,
-            reconnects=state.reconnects if state else None, restarts=state.restarts if state else None))
+            reconnects=state.reconnects if state else None, restarts=state.restarts if state else None,
+            error=state.display_errors.get(sub.display_id) if state else None,
+            store_quota_full=True if state and state.store_quota_full else None))
     gpu, gpu_memory = gateway.gpu
     return StateReport(cpu_usage=psutil.cpu_percent(interval=None), memory_usage=psutil.virtual_memory().percent,
                        gpu_usage=gpu, gpu_memory_usage=gpu_memory, camera_connections=connections)

@@ -149,7 +149,7 @@ class MotionSettings(StrictModel):
     threshold: int = Field(30, ge=1, le=255)  # grey-level change (after contrast stretch) that is motion
     contour_area: int = Field(10, ge=0, le=100_000)  # smallest motion contour, in small-frame pixels
     frame_height: int = Field(100, ge=16, le=2160)  # the motion detector's small frame height
-    frame_alpha: float = Field(0.02, gt=0, le=1)  # background running-average weight per frame
+    frame_alpha: float = Field(0.1, gt=0, le=1)  # background running-average weight per frame (~2 s at 5 fps)
     lightning_threshold: float = Field(0.8, gt=0, le=1)  # ROI share changed at once: recalibrate, no motion
     recheck_s: float = Field(2.0, gt=0, le=600)  # stationary tracked vehicles are re-detected this often
     idle_recheck_s: float = Field(10.0, gt=0, le=3600)  # and the ROI even with no motion and no track

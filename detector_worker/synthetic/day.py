@@ -318,3 +318,32 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 if __name__ == "__main__":
     raise SystemExit(main())
+
+
+def _iou(a: Sequence[float], b: Sequence[float]) -> float:
+    ix = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
+    iy = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
+    inter = ix * iy
+    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
+    return inter / union if union > 0 else 0.0
+
+
+def score_visits(truth: dict[str, object], reports: Sequence[tuple[int, Sequence[float]]],
+                 *, early_frames: int = 10) -> dict[str, object]:
+    """Reports (frame, car box) against the day's stops: each stop should be reported exactly once,
+    while it stands (from `early_frames` before its stop on: the stillness rule's own lag is after);
+    anything else (a lane pass, a passer-by, a person, a second report) is an extra report."""
+    stops = [v for v in truth["vehicles"] if v["kind"] == "stop"]  # type: ignore[attr-defined]
+    counts = {v["vehicle_id"]: 0 for v in stops}
+    extra: list[int] = []
+    for frame, box in reports:
+        match = next((v for v in stops if v["stopped_from"] - early_frames <= frame <= v["stopped_to"]
+                      and v["stop_box"] and _iou(v["stop_box"], box) > 0.5), None)
+        if match is None:
+            extra.append(frame)
+        else:
+            counts[match["vehicle_id"]] += 1
+    found = sum(1 for c in counts.values() if c >= 1)
+    return {"stops": len(stops), "found": found, "recall": found / len(stops) if stops else 1.0,
+            "exactly_once": all(c == 1 for c in counts.values()), "duplicates": sum(max(0, c - 1) for c in counts.values()),
+            "extra_reports": extra, "counts": counts}

@@ -33,7 +33,7 @@ class MotionParams:
     threshold: int = 30  # grey-level difference (after contrast stretch) that counts as change
     contour_area: int = 10  # smallest contour, in small-frame pixels (~100 px high)
     frame_height: int = 100  # the small frame's height
-    frame_alpha: float = 0.02  # running-average weight of each new frame (background adaptation)
+    frame_alpha: float = 0.1  # running-average weight of each new frame: ~2 s to absorb a change at 5 fps
     lightning_threshold: float = 0.8  # share of the ROI changed at once: a global change, recalibrate
     improve_contrast: bool = True
 

@@ -120,11 +120,14 @@ class CameraConnection(_Outgoing):
     inference_ms: float | None = Field(None, alias="inferenceMs", ge=0, exclude_if=_omitted_when_none)
     reconnects: int | None = Field(None, ge=0, exclude_if=_omitted_when_none)
     restarts: int | None = Field(None, ge=0, exclude_if=_omitted_when_none)
+    error: str | None = Field(None, max_length=600, exclude_if=_omitted_when_none)  # this display's pipeline failed
+    store_quota_full: bool | None = Field(None, alias="storeQuotaFull", exclude_if=_omitted_when_none)
 
     @classmethod
     def from_subscription(cls, subscription: Subscription, *, online: bool, fps: float | None = None,
                           inference_ms: float | None = None, reconnects: int | None = None,
-                          restarts: int | None = None) -> CameraConnection:
+                          restarts: int | None = None, error: str | None = None,
+                          store_quota_full: bool | None = None) -> CameraConnection:
         crop = subscription.crop
         return cls(
             subscription_identifier=subscription.subscription_identifier,
@@ -132,6 +135,8 @@ class CameraConnection(_Outgoing):
             crop_x1=crop.x1 if crop else None, crop_y1=crop.y1 if crop else None,
             crop_x2=crop.x2 if crop else None, crop_y2=crop.y2 if crop else None,
             fps=fps, inference_ms=inference_ms, reconnects=reconnects, restarts=restarts,
+            error=error if error is None or len(error) <= 600 else error[:599] + "…",
+            store_quota_full=store_quota_full,
         )
 
 

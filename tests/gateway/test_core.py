@@ -22,6 +22,7 @@ from detector_worker.comms.messages import (
     Hello,
     Reload,
     SessionResult,
+    Status,
     VehicleResult,
     encode,
 )
@@ -285,3 +286,48 @@ async def test_a_hello_from_a_process_supervisord_does_not_run_is_ignored(settin
             assert isinstance(control, Control) and control.displays["d1"].session_id == "secret"
         finally:
             worker.close()
+
+
+@run_async
+async def test_a_starting_worker_is_not_hung_until_its_startup_timeout(tmp_path: Path) -> None:
+    settings = settings_for(tmp_path, session_processes={"heartbeat_timeout": 2, "startup_timeout": 5})
+    async with Harness(settings) as h:
+        await h.send({"type": "subscribe", "payload": sub("d1", "cam-1")})
+        await h.applied()
+        await h.gateway.reconcile()
+        worker = h.worker("cam-1")
+        try:  # a slow archive download: heartbeats flow, the phase says what it is busy with
+            await worker.send(Heartbeat(camera="cam-1", sent_at=time.time(), pid=worker.pid, uptime_s=30,
+                                        phase="fetching", detail="12 of 80 MB"))
+            await settle()
+        finally:
+            worker.close()
+        state = h.states["cam-1"]
+        assert state.phase == "fetching" and h.gateway.settings.session_processes.heartbeat_timeout < 5
+        state.phase_since -= 4  # four seconds into start-up, heartbeats fresh: no restart
+        await h.gateway.restart_hung()
+        assert ("restart", "camera-cam-1") not in h.supervisor.calls
+        state.phase_since -= 2  # past startup_timeout
+        await h.gateway.restart_hung()
+        assert ("restart", "camera-cam-1") in h.supervisor.calls
+
+
+@run_async
+async def test_a_full_outbox_and_a_broken_display_show_in_state_report(settings: Any) -> None:
+    async with Harness(settings) as h:
+        await h.send({"type": "setSubscriptionList", "subscriptions": [sub("d1", "cam-1"), sub("d2", "cam-1")]})
+        await h.applied()
+        worker = h.worker("cam-1")
+        try:
+            await worker.send(Status(camera="cam-1", sent_at=time.time(), online=True, fps=5, inference_ms=3,
+                                     reconnects=0, stalls=0, dropped=0, rss_mb=100, store_quota_full=True,
+                                     display_errors={"d2": "archive: sha256 mismatch"}))
+            await settle()
+        finally:
+            worker.close()
+        (report,) = await h.send({"type": "requestState"})
+        connections = {c["subscriptionIdentifier"]: c for c in report["cameraConnections"]}
+        assert connections["d2;cam-1"]["error"] == "archive: sha256 mismatch"
+        assert "error" not in connections["d1;cam-1"], "the other display of the camera runs"
+        assert all(c["storeQuotaFull"] is True for c in connections.values())
+        assert b"fleet_camera_store_quota_full{camera=\"cam-1\"} 1.0" in h.metrics.render()
