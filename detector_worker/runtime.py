@@ -212,7 +212,9 @@ class Worker:
         for group in self.pipelines.groups:
             cycles = group.lane.process(image, captured_at)  # type: ignore[arg-type]
             if group.memory is not None:
-                group.memory.observe(cycles)  # before the displays: a fired vehicle never fires again
+                # before the displays: a fired vehicle never fires again; the cycle of a vehicle that had
+                # its cycle before a reload/restart is dropped here (visits.py: the visit rule)
+                cycles = group.memory.observe(cycles)
             log.debug("frame %d: %d track(s), %d new cycle(s), %.1f ms, detector on %d of %d frame(s)", seq,
                       len(group.lane.tracker.tracks), len(cycles), group.lane.stats.inference_ms,
                       group.lane.stats.detected, group.lane.stats.frames)

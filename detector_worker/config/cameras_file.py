@@ -97,7 +97,8 @@ class CamerasFile(StrictModel):
                                         model=model, crop=cam.crop) for display in cam.displays],
             max_fps=cam.max_fps if cam.max_fps is not None else d.max_fps,
             stall_timeout_s=cam.stall_timeout_s or d.stall_timeout_s, backoff=d.backoff, bus=bus,
-            inference=cam.inference or d.inference, motion=cam.motion or d.motion, resource_limits=cam.resource_limits or d.resource_limits,
+            inference=cam.inference or d.inference, motion=cam.motion or d.motion,
+            resource_limits=cam.resource_limits or d.resource_limits,
             log=log, stores=stores, model_cache_dir=model_cache_dir, model_policy=model_policy or ModelPolicy(),
         )
 

@@ -405,6 +405,7 @@ def acquire_archive(url: str, cache_dir: Path, model_id: int | str | None, *, sh
             lease = ArchiveLease(cache_dir, cache_dir / content_dir_name(digest), digest)
             if _complete(lease.directory):
                 log.info("using cached %s for model %s", lease.directory.name, model_id)
+                _collect_quietly(cache_dir, grace_s, log)
                 return CachedArchive(lease.directory, digest, lease)
             lease.close()  # collected meanwhile: fetch it again
         for stale in cache_dir.glob(f".tmp-{key}-*"):  # left by a process killed mid-fetch (we hold the lock)
@@ -443,9 +444,15 @@ def acquire_archive(url: str, cache_dir: Path, model_id: int | str | None, *, sh
             except BaseException:
                 lease.close()
                 raise
-    with contextlib.suppress(OSError):
-        collect_garbage(cache_dir, grace_s, log)
+    _collect_quietly(cache_dir, grace_s, log)
     return CachedArchive(target, digest, lease)
+
+
+def _collect_quietly(cache_dir: Path, grace_s: float, log: logging.Logger) -> None:
+    try:
+        collect_garbage(cache_dir, grace_s, log)
+    except OSError as err:  # never a reason to refuse an archive that is there
+        log.warning("cleaning the model cache %s failed: %s", cache_dir, err)
 
 
 def collect_garbage(cache_dir: Path, grace_s: float = DEFAULT_GRACE_S, log: logging.Logger | None = None) -> list[str]:

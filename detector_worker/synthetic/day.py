@@ -32,7 +32,7 @@ import cv2
 import numpy as np
 
 from .render import Image, Sprite, apply_camera, composite, draw_background, draw_vehicle
-from .scene import Visit, place_vehicle, pose, random_look
+from .scene import Visit, VisitKind, place_vehicle, pose, random_look
 
 DAY_FORMAT = "synthetic-day-gt/1"
 
@@ -92,7 +92,7 @@ class DayScene:
     def roi(self) -> tuple[int, int, int, int]:
         """The lane: everything from just above the horizon down (output pixels); the back road
         where passers-by drive lies above it."""
-        iw, ih = self.internal
+        ih = self.internal[1]
         top = int(self.horizon * 0.92 * self.height / ih)
         return 0, top, self.width, self.height
 
@@ -109,7 +109,7 @@ class DayScene:
         visits: list[Visit] = []
         f = int(rng.uniform(*gap_s) * fps * 0.3)
         while True:
-            kind = "pass" if rng.random() < lane_passes else "stop"
+            kind: VisitKind = "pass" if rng.random() < lane_passes else "stop"
             if kind == "stop":
                 approach, stay, leave = (int(rng.uniform(a, b) * fps) for a, b in ((2.0, 3.5), stop_s, (1.5, 2.5)))
                 peak = rng.uniform(0.30, 0.55)
@@ -140,14 +140,14 @@ class DayScene:
                                   float(rng.uniform(0.22, 0.30)), (colour[0], colour[1], colour[2])))
             t += frames + rng.exponential(60 / walkers_per_min) * fps
         events: list[LightEvent] = []
-        for i, kind in enumerate(lights):
+        for i, light in enumerate(lights):
             at = int(n * (i + 1) / (len(lights) + 1))
-            if kind == "cloud":
+            if light == "cloud":
                 events.append(LightEvent("cloud", at, int(30 * fps), float(rng.uniform(0.55, 0.7))))
-            elif kind == "ir":
+            elif light == "ir":
                 events.append(LightEvent("ir", at, int(20 * fps), float(rng.uniform(1.3, 1.5))))
             else:
-                raise ValueError(f"unknown light event {kind!r} (cloud or ir)")
+                raise ValueError(f"unknown light event {light!r} (cloud or ir)")
         tint = tuple(float(v) for v in rng.uniform(0.92, 1.08, 3))
         return cls(seed, width, height, fps, n, (iw, ih), background, horizon, visits, passers, walkers, events,
                    gain=float(rng.uniform(0.85, 1.1)), tint=(tint[0], tint[1], tint[2]),
@@ -200,7 +200,7 @@ class DayScene:
                 _draw_walker(img, (u if w.direction > 0 else 1 - u) * 1.1 - 0.05, w, t / self.fps)
         factor, ir = self.light(frame)
         if ir:
-            img = cv2.cvtColor(cv2.cvtColor(img, cv2.COLOR_BGR2GRAY), cv2.COLOR_GRAY2BGR)
+            img = np.asarray(cv2.cvtColor(cv2.cvtColor(img, cv2.COLOR_BGR2GRAY), cv2.COLOR_GRAY2BGR), np.uint8)
         tint = (1.0, 1.0, 1.0) if ir else self.tint
         out = apply_camera(img, self.gain * factor, tint, self.noise, np.random.default_rng((self.seed, frame)))
         if (iw, ih) != (self.width, self.height):
@@ -295,7 +295,7 @@ def make_day(path: Path, seed: int = 1, minutes: float = 10.0, width: int = 1280
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description="Render a synthetic day at a fuel-station lane (H.264 + ground truth).")
+    parser = argparse.ArgumentParser(description="Render a synthetic day at a fuel-station lane (H.264 + truth).")
     parser.add_argument("output", type=Path)
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--minutes", type=float, default=10.0)
@@ -345,5 +345,6 @@ def score_visits(truth: dict[str, object], reports: Sequence[tuple[int, Sequence
             counts[match["vehicle_id"]] += 1
     found = sum(1 for c in counts.values() if c >= 1)
     return {"stops": len(stops), "found": found, "recall": found / len(stops) if stops else 1.0,
-            "exactly_once": all(c == 1 for c in counts.values()), "duplicates": sum(max(0, c - 1) for c in counts.values()),
+            "exactly_once": all(c == 1 for c in counts.values()),
+            "duplicates": sum(max(0, c - 1) for c in counts.values()),
             "extra_reports": extra, "counts": counts}

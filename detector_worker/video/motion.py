@@ -83,10 +83,10 @@ class MotionDetector:
         scale = min(1.0, p.frame_height / rh)
         sh, sw = max(2, round(rh * scale)), max(2, round(rw * scale))
         small = cv2.resize(frame[y1:y2, x1:x2], (sw, sh), interpolation=cv2.INTER_LINEAR)
-        grey = cv2.cvtColor(small, cv2.COLOR_BGR2GRAY) if small.ndim == 3 else small
+        grey = np.asarray(cv2.cvtColor(small, cv2.COLOR_BGR2GRAY) if small.ndim == 3 else small, np.uint8)
         if p.improve_contrast:
             grey = self._stretch(grey)
-        grey = cv2.GaussianBlur(grey, (5, 5), 1.0)
+        grey = np.asarray(cv2.GaussianBlur(grey, (5, 5), 1.0), np.uint8)
         if self._avg is None:
             self._avg = grey.astype(np.float32)
             self.last_boxes, self.last_motion_share = [], 0.0

@@ -41,7 +41,8 @@ def test_archive_follows_the_backend_format() -> None:
     with zipfile.ZipFile(ARCHIVE) as zf:
         names = set(zf.namelist())
         assert zf.testzip() is None
-    assert names == {"pipeline.json", f"{DETECTOR}.pt", f"{BRAND}.pt", f"{BODY}.pt"}
+    # each model's .onnx beside its .pt: workers run ONNX only and never unpickle a .pt
+    assert names == {"pipeline.json", *(f"{m}{ext}" for m in (DETECTOR, BRAND, BODY) for ext in (".pt", ".onnx"))}
     config = read_pipeline(ARCHIVE)
     assert set(config) == {"redis", "postgresql", "pipeline"}
     root = config["pipeline"]
