@@ -207,7 +207,7 @@ class Lane:
         now = time.monotonic() if now is None else now
         self.stats.frames += 1
         if self.gate is not None:
-            alive = [t for t in self.tracker.tracks]
+            alive = self.tracker.tracks
             pending = any(t.track_id not in self._fired for t in alive)
             stationary = [t.box for t in alive if t.track_id in self._fired]
             if not self.gate.decide(frame, now, pending=pending, stationary=stationary, tracked=bool(alive)):

@@ -9,10 +9,13 @@ import logging
 import time
 from pathlib import Path
 
+import numpy as np
 import psycopg2
 import pytest
 
 from detector_worker.pipeline.actions import ActionRunner, check_targets
+from detector_worker.pipeline.engine import BranchResult, Lane
+from detector_worker.pipeline.models import DetectedObject
 from detector_worker.pipeline.outbox import Outbox
 from detector_worker.pipeline.schema import PipelineConfigError, parse_pipeline
 from detector_worker.pipeline.sessions import DisplaySession
@@ -27,6 +30,7 @@ from detector_worker.pipeline.sinks import (
     redis_url,
     redis_writer,
 )
+from detector_worker.pipeline.visits import LaneMemory
 from detector_worker.synthetic.standin import standin_pipeline
 from tests.pipeline.factories import cycle
 from tests.pipeline.test_store_outages import pg, pg_template, rds  # noqa: F401  (fixtures)
@@ -240,3 +244,122 @@ def test_postgres_error_classes() -> None:
     assert not postgres_is_outage(Fake("23505"))  # unique violation: the write's own fault
     assert not postgres_is_outage(Fake("54000"))
 
+
+
+# -- the visit rule across reloads and restarts (visits.LaneMemory) -------------------------------------
+
+SPOT = (273.0, 262.0, 525.0, 383.0)  # where the parked car of the fault test stands
+
+
+class _Detector:
+    """A fake PipelineInstance: `boxes` is what the next frame shows (a Car and its Frontal each)."""
+
+    def __init__(self) -> None:
+        self.root = parse_pipeline(standin_pipeline(96, 64)).pipeline
+        self.boxes: list[tuple[float, float, float, float]] = []
+
+    def detect(self, view: object) -> list[DetectedObject]:
+        out = []
+        for x1, y1, x2, y2 in self.boxes:
+            out.append(DetectedObject((x1, y1, x2, y2), "Car", 0.95))
+            out.append(DetectedObject((x1 + 5, y1 + (y2 - y1) / 2, x2 - 5, y2 - 5), "Frontal", 0.9))
+        return out
+
+    def run_branches(self, frame: object, detections: object) -> dict[str, BranchResult]:
+        return {}
+
+
+class _Camera:
+    """One lane (+ its memory in `outbox`) fed frames on a fake clock, 10 frames a second."""
+
+    def __init__(self, outbox: Outbox, clock: float = 1000.0) -> None:
+        self.detector = _Detector()
+        self.lane = Lane(self.detector)  # type: ignore[arg-type]
+        self.memory = LaneMemory(outbox, "cam-x", "m1|url|None", self.lane, LOG)
+        self.clock = clock
+        self.fired: list[int] = []
+
+    def show(self, seconds: float, *boxes: tuple[float, float, float, float]) -> list[int]:
+        frame = np.zeros((480, 640, 3), np.uint8)
+        self.detector.boxes = list(boxes)
+        fired = []
+        for _ in range(round(seconds * 10)):
+            self.clock += 0.1
+            cycles = self.memory.observe(self.lane.process(frame, time.time(), now=self.clock), now=self.clock)
+            fired += [c.track_id for c in cycles]
+        self.fired += fired
+        return fired
+
+    def drive_in(self, spot: tuple[float, float, float, float] = SPOT) -> list[int]:
+        """From far away (a small box near the horizon) to `spot` in 2.8 s, as the synthetic clips do."""
+        far = (353.0, 184.0, 385.0, 199.0)
+        fired = []
+        for i in range(28):
+            k = i / 27
+            fired += self.show(0.1, tuple(a + (b - a) * k for a, b in zip(far, spot, strict=True)))  # type: ignore[arg-type]
+        return fired
+
+
+def test_a_parked_car_fires_once_through_reloads_and_restarts_whatever_they_take(tmp_path: Path) -> None:
+    outbox = Outbox(tmp_path / "cam-x.sqlite", log=LOG)
+    first = _Camera(outbox)
+    first.show(1.0)
+    assert first.drive_in() == [] and first.show(1.0, SPOT) == [1], "the car fires once, when stable"
+    assert first.show(2.0, SPOT) == []
+
+    reloaded = _Camera(outbox, first.clock)  # a reload: a new lane and tracker, the car still there
+    assert reloaded.show(3.0, SPOT) == [], "the same car after a reload"
+
+    late = _Camera(outbox, reloaded.clock + 25.0)  # a restart whose first frame comes 25 s later (> REACQUIRE_S)
+    assert late.show(3.0, SPOT) == [], "the same car after a long restart"
+
+    # a restart whose stream starts its footage again: the spot empty for 2 s, then the car drives back in
+    again = _Camera(outbox, late.clock + 2.0)
+    assert again.show(0.8) == [] and again.drive_in() == [] and again.show(3.0, SPOT) == [], \
+        "a stream restarted under a parked car: still the same car"
+    assert again.memory.remembered == [], "the lane tracks it as its own now"
+
+    # a second restart before the car was seen again keeps the memory (of the car, not of a duplicate)
+    blind = _Camera(outbox, again.clock + 1.0)
+    assert len(blind.memory.remembered) == 1
+    blind.show(1.0)  # the spot empty for 1 s only
+    again2 = _Camera(outbox, blind.clock + 1.0)
+    assert len(again2.memory.remembered) == 1 and again2.show(3.0, SPOT) == []
+    outbox.close()
+
+
+def test_a_new_car_on_the_spot_of_a_remembered_one_fires_once_the_spot_was_seen_empty(tmp_path: Path) -> None:
+    outbox = Outbox(tmp_path / "cam-x.sqlite", log=LOG)
+    first = _Camera(outbox)
+    first.drive_in()
+    assert first.show(1.0, SPOT) == [1]
+    # the worker restarts; meanwhile the car leaves unseen
+    second = _Camera(outbox, first.clock + 3.0)
+    assert len(second.memory.remembered) == 1
+    second.show(3.5)  # the spot seen empty for longer than EMPTY_S: that visit ended
+    assert second.memory.remembered == []
+    assert second.drive_in() == [] and second.show(1.0, SPOT) == [1], "a new car on the same spot fires"
+    assert second.show(3.0, SPOT) == [], "once"
+
+    # seen leaving, the car takes its memory along: the next one fires without any empty wait
+    third = _Camera(outbox, second.clock + 1.0)
+    assert third.show(1.0, SPOT) == []
+    third.show(0.5, (150.0, 262.0, 402.0, 383.0))  # moving away, still tracked (IoU with the spot < 0.7)
+    third.show(0.5, (20.0, 262.0, 272.0, 383.0))
+    third.show(0.3)
+    assert third.drive_in() == [] and third.show(1.0, SPOT) == [2], "a new car right after the old one left"
+    outbox.close()
+
+
+def test_unobserved_time_never_counts_as_an_empty_spot(tmp_path: Path) -> None:
+    outbox = Outbox(tmp_path / "cam-x.sqlite", log=LOG)
+    first = _Camera(outbox)
+    first.drive_in()
+    assert first.show(1.0, SPOT) == [1]
+    second = _Camera(outbox, first.clock + 1.0)
+    for _ in range(100):  # 10 s of frames the detector did not run on (a motion gate skipping them), or none
+        second.clock += 0.1
+        second.memory.observe([], now=second.clock)
+    assert len(second.memory.remembered) == 1
+    assert second.show(3.0, SPOT) == [], "10 s without detector frames: still the same car"
+    outbox.close()

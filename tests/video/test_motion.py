@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
+from pydantic import ValidationError
 
+from detector_worker.config.cameras_file import CamerasFile
+from detector_worker.config.spec import MotionSettings, WorkerSpec
 from detector_worker.video.motion import MotionDetector, MotionGate, MotionParams
 
 
@@ -80,3 +85,16 @@ def test_gate_runs_on_motion_pending_tracks_and_rechecks_only() -> None:
     assert 9 <= sum(runs) <= 14, sum(runs)  # the first frame, then every 2 s (+ the end of the first calibration)
     assert gate.decide(scene(rng), t, pending=True, stationary=[], tracked=True)
     assert gate.decide(scene(rng, square=(100, 500)), t + 0.2, pending=False, stationary=[], tracked=False)
+
+
+def test_motion_settings_come_from_cameras_yaml_defaults_or_the_camera(tmp_path: Path) -> None:
+    source = {"kind": "rtsp", "url": "rtsp://127.0.0.1:8554/x"}
+    cameras = CamerasFile.model_validate({
+        "defaults": {"pipeline": "models/car_frontal_pipeline.mpta", "motion": {"recheck_s": 1.5}},
+        "cameras": {"cam-1": {"source": source, "displays": ["d1"], "motion": {"enabled": False}},
+                    "cam-2": {"source": source, "displays": ["d2"]}}})
+    assert cameras.worker_spec("cam-1", base_dir=tmp_path).motion == MotionSettings(enabled=False)
+    assert cameras.worker_spec("cam-2", base_dir=tmp_path).motion == MotionSettings(recheck_s=1.5)
+    assert WorkerSpec(camera_id="c", source=source).motion.enabled  # on by default  # type: ignore[arg-type]
+    with pytest.raises(ValidationError, match=r"motion\.thresold"):
+        CamerasFile.model_validate({"defaults": {"motion": {"thresold": 3}}})
