@@ -33,6 +33,7 @@ from .pipeline.sessions import DisplaySession
 from .pipeline.sinks import postgres_dsn, postgres_writer, redis_url, redis_writer
 from .pipeline.stores import StoreWriter
 from .pipeline.visits import LaneMemory
+from .urls import mask_url
 
 log = logging.getLogger(__name__)
 Progress = Callable[[str, str], None]  # (phase, detail), e.g. ("converting", "car.mpta: 3 model(s)")
@@ -127,7 +128,7 @@ def _open_instance(spec: WorkerSpec, ref: ModelRef, on_progress: Progress | None
         raise ModelLoadError(f"backend {backend!r} loads .pt files with pickle (code from the archive); "
                              "workers run ONNX only: set inference.backend (and the model's backend) to onnx")
     if on_progress is not None:
-        on_progress("fetching", ref.url)
+        on_progress("fetching", mask_url(ref.url, hide_query=True))  # URLs carry credentials
     archive = acquire_archive(ref.url, spec.model_cache_dir, ref.id, sha256=_pin(ref, spec.model_policy),
                               on_progress=on_progress)
     try:

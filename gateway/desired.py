@@ -227,17 +227,19 @@ class DesiredState:
     def replace_backend(self, subscriptions: Sequence[Subscription], keep: Iterable[str] = ()) -> list[Refusal]:
         """The backend's whole list (setSubscriptionList). `keep`: identifiers whose new definition the
         parser refused; a running one keeps its previous definition."""
+        previous = self._backend_with_inherited()
         wanted = {s.subscription_identifier: s for s in subscriptions}
         for sid in keep:
-            if sid in self._backend and sid not in wanted:
-                wanted[sid] = self._backend[sid]
+            if sid in previous and sid not in wanted:
+                wanted[sid] = previous[sid]
         self._inherited.clear()  # the backend's whole list: nothing else of its is wanted
-        return self._change(wanted)
+        return self._change(wanted, previous)
 
     def add_backend(self, subscription: Subscription) -> list[Refusal]:
-        wanted = {**self._backend_with_inherited(), subscription.subscription_identifier: subscription}
+        previous = self._backend_with_inherited()
+        wanted = {**previous, subscription.subscription_identifier: subscription}
         self._inherited.pop(subscription.subscription_identifier, None)  # the backend's word now
-        return self._change(wanted)
+        return self._change(wanted, previous)
 
     def remove_backend(self, subscription_identifier: str) -> bool:
         known = subscription_identifier in self._backend or subscription_identifier in self._inherited
@@ -273,10 +275,18 @@ class DesiredState:
 
     # -- inside ----------------------------------------------------------------------------------------
     def _backend_with_inherited(self) -> dict[str, Subscription]:
-        return {**self._inherited, **self._backend}
+        """Every backend subscription we hold, in the order the plan runs them (a stable order: the
+        same subscriptions never reorder a camera's displays, which would rewrite its spec)."""
+        merged = {**self._inherited, **self._backend}
+        place = {s.subscription_identifier: i for i, s in enumerate(
+            s for p in self.plans.values() for s in p.spec.subscriptions)}
+        return dict(sorted(merged.items(), key=lambda item: place.get(item[0], len(place))))
 
-    def _change(self, wanted: dict[str, Subscription]) -> list[Refusal]:
-        previous = self._backend_with_inherited()
+    def _change(self, wanted: dict[str, Subscription],
+                previous: Mapping[str, Subscription] | None = None) -> list[Refusal]:
+        """Plan `wanted`; `previous` (default: what runs now, inherited included) keeps its order and,
+        where a new definition is refused, its old one."""
+        previous = self._backend_with_inherited() if previous is None else previous
         # Running subscriptions keep their place (and their camera's slot), in their old order.
         ordered = {k: wanted[k] for k in previous if k in wanted}
         ordered.update({k: v for k, v in wanted.items() if k not in ordered})

@@ -57,9 +57,16 @@ def test_make_run_demo_operator_workflow_and_make_stop(tmp_path: Path) -> None:
         subprocess.run(["make", "run"], cwd=ROOT, env=env, check=True, capture_output=True, timeout=600)
         Fleet.wait_for(lambda: port_busy(8001), 30, "the gateway")
         with connect("ws://127.0.0.1:8001/", open_timeout=5) as ws:
+            # as `make demo` does: the backend adds its own display to each demo camera (sharing its worker)
             backend = Backend(ws)
+            for cam in ("cam-001", "cam-002"):
+                backend.send({"type": "subscribe", "payload": {
+                    "subscriptionIdentifier": f"display-demo;{cam}", "rtspUrl": f"rtsp://127.0.0.1:8554/{cam}",
+                    "modelUrl": (ROOT / config["defaults"]["pipeline"]).as_uri(), "modelId": "demo"}})
             backend.wait_for(lambda: {m["subscriptionIdentifier"] for m in backend.of_type("imageDetection")} >=
-                             {"display-001;cam-001", "display-002;cam-002"}, 120, "detections from both demo cameras")
+                             {"display-demo;cam-001", "display-demo;cam-002"}, 120, "detections from both demo cameras")
+            relayed = {m["subscriptionIdentifier"] for m in backend.of_type("imageDetection")}
+            assert not relayed & {"display-001;cam-001", "display-002;cam-002"}, "cameras.yaml's displays stay ours"
         # an operator stops one camera: it goes offline, the other keeps producing
         subprocess.run([*CTL, "stop", "camera-cam-001"], check=True, capture_output=True, timeout=30)
         Fleet.wait_for(lambda: not cameras()["cam-001"]["online"], 5, "cam-001 offline")

@@ -55,6 +55,8 @@ def make_fleet(tmp_path: Path, fault_model_cache: Path) -> Iterator[Callable[...
     fleets: list[Fleet] = []
 
     def make(*, redis_url: str, database_url: str, **options: Any) -> Fleet:
+        # the fault tests learn that a result was written from patchSession, which the backend must ask for
+        options.setdefault("extra", {"backend": {"patch_session": True}})
         fleet = Fleet(tmp_path / f"fleet-{len(fleets)}", model_cache=fault_model_cache, redis_url=redis_url,
                       database_url=database_url, cleanup_timeout=30.0, **options)
         fleets.append(fleet)

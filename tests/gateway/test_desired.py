@@ -176,3 +176,12 @@ def test_model_sources_the_backend_may_name_and_pins(tmp_path: Path) -> None:
         ("invalid_message", "b;cam-b"), ("invalid_message", "c;cam-c"), ("invalid_message", "d;cam-d")]
     assert plans["cam-e"].spec.subscriptions[0].model.sha256 == pin, "the operator's pin goes with the URL"
     assert plans["cam-a"].spec.subscriptions[0].model.sha256 is None
+
+
+def test_an_inherited_subscription_keeps_its_definition_when_the_new_one_is_refused(tmp_path: Path) -> None:
+    desired = DesiredState(settings_for(tmp_path), inherited=[sub("d1", "cam"), sub("d2", "cam")])
+    refusals = desired.add_backend(sub("d1", "cam", "rtsp://10.0.0.9/new"))  # conflicts with d2's source
+    assert [r.subscription_identifier for r in refusals] == ["d1;cam"]
+    assert desired.plans["cam"].displays == ["d1", "d2"], "the refused redefinition keeps the running one"
+    desired.replace_backend([sub("d2", "cam")], keep=["d1;cam"])  # the parser refused d1's new item
+    assert desired.plans["cam"].displays == ["d1", "d2"]

@@ -23,7 +23,7 @@ MODEL_URL = (MODELS / ARCHIVE_NAME).as_uri()
 @pytest.fixture
 def fleet(tmp_path: Path, gateway_model_cache: Path, redis_url: str, database_url: str) -> Iterator[Fleet]:
     f = Fleet(tmp_path / "fleet", model_cache=gateway_model_cache, redis_url=redis_url, database_url=database_url,
-              cleanup_timeout=3.0)
+              cleanup_timeout=3.0, extra={"backend": {"patch_session": True}})  # patchSession is asked for
     try:
         yield f.start()
     finally:
