@@ -262,7 +262,7 @@ def _frame_text(snap: Snapshot) -> str:
     """The frame message; the (large, JSON-safe) base64 JPEG is spliced in, never re-encoded."""
     meta = json.dumps({"type": "frame", "camera": snap.camera, "width": snap.width, "height": snap.height,
                        "captured_at": snap.captured_at, "tracks": [t.model_dump() for t in snap.tracks],
-                       "crops": snap.crops})
+                       "crops": snap.crops, "motion": snap.motion})
     return meta[:-1] + ', "jpeg": "' + snap.jpeg_b64 + '"}'
 
 

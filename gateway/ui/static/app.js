@@ -204,6 +204,12 @@
       ctx.fillStyle = "#f0b429";
       ctx.fillText("ROI", b[0] * s + 4, b[1] * s + 16);
     }
+    if (debug) {  // where the motion detector saw change in the last frame (it gates the detector)
+      ctx.setLineDash([4, 4]);
+      ctx.strokeStyle = "#ff5c5c";
+      for (const b of msg.motion || []) ctx.strokeRect(b[0] * s, b[1] * s, (b[2] - b[0]) * s, (b[3] - b[1]) * s);
+      ctx.setLineDash([]);
+    }
     for (const t of msg.tracks || []) {
       const [x1, y1, x2, y2] = t.box.map((v) => v * s);
       const color = t.fired ? "#3ecf8e" : t.still > 0 ? "#f0b429" : "#4ea8ff";
@@ -228,7 +234,7 @@
     if (debug) {
       const age = Math.max(0, Date.now() / 1000 - msg.captured_at);
       const lines = ["debug: " + (msg.tracks || []).length + " track(s), frame " + msg.width + "×" + msg.height +
-        ", age " + age.toFixed(1) + " s", "motion regions: no motion gating in this pipeline"];
+        ", age " + age.toFixed(1) + " s", "motion regions (red, dashed): " + (msg.motion || []).length];
       ctx.fillStyle = "#000b";
       ctx.fillRect(0, canvas.height - 44, canvas.width, 44);
       ctx.fillStyle = "#dde3ea";
@@ -300,7 +306,7 @@
       $("detections").replaceChildren();
       $("cam-result").textContent = "";
       $("log-name").textContent = "(" + route.camera + ", last 200 lines, follows)";
-      $("legend").textContent = "blue: moving · yellow: standing still (debug: progress) · green: classified · dashed: crop/ROI";
+      $("legend").textContent = "blue: moving · yellow: standing still (debug: progress) · green: classified · dashed: crop/ROI (debug: red dashed = motion)";
       document.title = route.camera + " · Fleet dashboard";
     } else {
       document.title = "Fleet dashboard";
