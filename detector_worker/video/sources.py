@@ -84,7 +84,36 @@ class GrabbingSource(FrameSource, Protocol):
 _ONE_DECODE_THREAD = (cv2.CAP_PROP_N_THREADS, 1)
 
 
-class RtspSource:
+class _CaptureFrames:
+    """What OpenCV-backed sources share: `grab` decodes (subclasses pace it), `retrieve` converts
+    only the frames that are kept, `read` is both."""
+
+    _cap: cv2.VideoCapture | None
+    _seq: int
+
+    def grab(self) -> bool:
+        raise NotImplementedError
+
+    def read(self) -> Frame | None:
+        return self.retrieve() if self.grab() else None
+
+    def retrieve(self) -> Frame | None:
+        if self._cap is None:
+            return None
+        ok, image = self._cap.retrieve()
+        bgr = _bgr(image) if ok else None
+        if bgr is None:
+            return None
+        self._seq += 1
+        return _frame(bgr, self._seq)
+
+    def close(self) -> None:
+        cap, self._cap = self._cap, None
+        if cap is not None:
+            cap.release()
+
+
+class RtspSource(_CaptureFrames):
     """An RTSP camera through OpenCV's FFmpeg backend, over TCP, with open/read timeouts."""
 
     def __init__(self, url: str, open_timeout_s: float = 5.0, read_timeout_s: float = 5.0) -> None:
@@ -108,26 +137,8 @@ class RtspSource:
             raise SourceError(f"cannot open {self.describe()}")
         self._cap = cap
 
-    def read(self) -> Frame | None:
-        return self.retrieve() if self.grab() else None
-
     def grab(self) -> bool:
         return self._cap is not None and bool(self._cap.grab())
-
-    def retrieve(self) -> Frame | None:
-        if self._cap is None:
-            return None
-        ok, image = self._cap.retrieve()
-        bgr = _bgr(image) if ok else None
-        if bgr is None:
-            return None
-        self._seq += 1
-        return _frame(bgr, self._seq)
-
-    def close(self) -> None:
-        cap, self._cap = self._cap, None
-        if cap is not None:
-            cap.release()
 
     def interrupt(self) -> None:
         """No-op: OpenCV cannot interrupt a blocked read; the read timeout bounds it."""
@@ -216,7 +227,7 @@ class SnapshotSource:
         return image
 
 
-class FileSource:
+class FileSource(_CaptureFrames):
     """A local video file replayed at its own frame rate (looped), so it behaves like a live camera."""
 
     def __init__(self, path: str | os.PathLike[str], loop: bool = True) -> None:
@@ -245,9 +256,6 @@ class FileSource:
         self._period = 1.0 / (fps if math.isfinite(fps) and 0 < fps <= 1000 else DEFAULT_FILE_FPS)
         self._cap, self._next_due = cap, None
 
-    def read(self) -> Frame | None:
-        return self.retrieve() if self.grab() else None
-
     def grab(self) -> bool:
         """The next frame at the file's own pace, decoded but not converted (see `GrabbingSource`)."""
         if self._cap is None:
@@ -268,21 +276,6 @@ class FileSource:
         # A caller that paused must not get a fast-forward burst: resume at live pace.
         self._next_due = due if due >= now - self._period else now
         return True
-
-    def retrieve(self) -> Frame | None:
-        if self._cap is None:
-            return None
-        ok, image = self._cap.retrieve()
-        bgr = _bgr(image) if ok else None
-        if bgr is None:
-            return None
-        self._seq += 1
-        return _frame(bgr, self._seq)
-
-    def close(self) -> None:
-        cap, self._cap = self._cap, None
-        if cap is not None:
-            cap.release()
 
     def interrupt(self) -> None:
         self._interrupted.set()
