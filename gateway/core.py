@@ -15,11 +15,9 @@ import logging
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from pathlib import Path
-from typing import Protocol
 
 from detector_worker.comms.messages import (
     AnyWorkerMessage,
-    DisplayControl,
     DisplayDetection,
     Heartbeat,
     Hello,
@@ -36,37 +34,16 @@ from . import relay
 from .backend import BackendChannel
 from .desired import DesiredState, spec_path
 from .metrics import GatewayMetrics
+from .ports import Supervisor, WorkerBus
 from .quiet import LogLimiter
 from .settings import GatewaySettings
 from .state import CameraState
-from .supervisor.bridge import ApplyReport
 from .supervisor.programs import ProgramSpec, program_for_camera
-from .supervisor.rpc import ProcessInfo, SupervisorError, SupervisorUnavailable
+from .supervisor.rpc import SupervisorError, SupervisorUnavailable
 
 log = logging.getLogger("gateway")
 RECONCILE_S = 5.0
 RPC_ERRORS = (SupervisorError, SupervisorUnavailable)
-
-
-class Supervisor(Protocol):
-    """What the gateway needs of supervisord: the serialized bridge (a fake in fast tests)."""
-
-    async def apply(self, desired: Mapping[str, ProgramSpec]) -> ApplyReport: ...
-    async def states(self) -> dict[str, ProcessInfo]: ...
-    async def start(self, name: str) -> None: ...
-    async def stop(self, name: str) -> None: ...
-    async def restart(self, name: str) -> None: ...
-    async def adopt_or_clean(self, specs_dir: Path) -> list[int]: ...
-
-
-class WorkerBus(Protocol):
-    """The gateway's end of the ZeroMQ bus (GatewayBus)."""
-
-    def start(self, on_message: Callable[[AnyWorkerMessage], Awaitable[None] | None],
-              on_hello: Callable[[Hello, bytes], Awaitable[None]], on_invalid: Callable[[], None]) -> None: ...
-    async def send_control(self, identity: bytes, camera_id: str, displays: dict[str, DisplayControl]) -> bool: ...
-    async def send_reload(self, identity: bytes, camera_id: str) -> bool: ...
-    async def close(self) -> None: ...
 
 
 def _process_settings(spec: WorkerSpec) -> tuple[object, ...]:

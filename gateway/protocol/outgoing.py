@@ -105,7 +105,7 @@ class ImageDetection(_Outgoing):
 class CameraConnection(_Outgoing):
     """One entry of `stateReport.cameraConnections`: one subscription (display × camera).
 
-    The four fields of the record are always sent; the crop is sent when the subscription has one;
+    The four fields the original worker sends are always sent; the crop is sent when the subscription has one;
     `fps`, `inferenceMs`, `reconnects` and `restarts` (ours) are sent when known."""
 
     subscription_identifier: SubscriptionIdentifier = Field(alias="subscriptionIdentifier")

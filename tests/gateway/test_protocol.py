@@ -1,4 +1,4 @@
-"""The backend protocol: the record's examples, the tolerant reader's accepted forms, every refusal
+"""The backend protocol: the original worker's documented examples, the tolerant reader's accepted forms, every refusal
 rule (whole message or one item), the outgoing messages, and property tests on hostile input.
 
 The per-item property test against an independent oracle is in test_protocol_properties.py.
@@ -51,7 +51,7 @@ PROPERTY = settings(max_examples=300, deadline=None, database=None,
                     suppress_health_check=[HealthCheck.too_slow, HealthCheck.large_base_example])
 
 # ---------------------------------------------------------------------------------------------
-# The record's examples (docs: /work/shared/reference/backend-protocol.md)
+# The messages as the original worker's documentation shows them (docs/protocol.md)
 
 RECORD_SUBSCRIPTION: dict[str, Any] = {
     "subscriptionIdentifier": "display-001;cam-001",
@@ -135,7 +135,7 @@ def as_list(shape: str, items: list[Any]) -> dict[str, Any]:
 
 def test_record_subscription_parses_in_every_shape_into_our_subscription() -> None:
     one = one_subscription({"type": S, "payload": RECORD_SUBSCRIPTION})
-    assert one == RECORD_SPEC  # RTSP wins when both sources are given (as in the record)
+    assert one == RECORD_SPEC  # RTSP wins when both sources are given (as the documented example does)
     assert (one.display_id, one.camera_id) == ("display-001", "cam-001")
     assert one_subscription({"type": S, **RECORD_SUBSCRIPTION}) == one  # fields beside `type`
     for shape in LIST_SHAPES:
@@ -147,7 +147,7 @@ def test_record_subscription_parses_in_every_shape_into_our_subscription() -> No
 def test_record_image_detection_round_trips() -> None:
     msg = ImageDetection.model_validate(RECORD_IMAGE_DETECTION)
     out = json.loads(dump_outgoing(msg))
-    # Our seven detection fields are always sent (null when unknown); everything of the record is kept.
+    # Our seven detection fields are always sent (null when unknown); everything the example has is kept.
     expected = copy.deepcopy(RECORD_IMAGE_DETECTION)
     expected["data"]["detection"] |= {"carBrandConfidence": None, "bodyTypeConfidence": None, "carBox": None,
                                       "frontalBox": None, "trackId": None}
