@@ -309,15 +309,20 @@ def test_redis_and_postgresql_restarts_lose_no_completed_session(
             pg.start()
             say(f"stores: PostgreSQL restarted (fast stop) in {time.monotonic() - t:.2f} s between sessions 2 and 3")
             s3 = next_session(s2 + 0.01, "session 3 written")
-            # both stores down while session 4's result is written: it waits in the worker's queues
+            # both stores down while session 4's result is written: it waits in the worker's durable outbox,
+            # and the backend hears of it (patchSession) only once it is committed
             rds.kill()
             pg.stop()
             t_down = time.monotonic()
-            s4 = next_session(s3 + 0.01, "session 4 written while the stores are down")
+            s4 = wait_until(lambda: next((b.at for b in backend.sessions("display-a") if b.at > s3 + 0.01), None),
+                            limit + 5, "session 4 bound while the stores are down")
+            time.sleep(2.0)  # its result goes to the outbox and waits
+            assert not backend.written_since("display-a", s3 + 0.01), "patchSession before the write was committed"
             rds.start()
             pg.start()
             t_up = time.monotonic()
             say(f"stores: both down {t_up - t_down:.1f} s while session 4 was written")
+            next_session(s3 + 0.01, "session 4 reported written once the stores are back")
             wait_until(lambda: {b.session_id for b in backend.sessions("display-a") if b.at <= s4}
                        <= set(stored_sessions(pg.dsn)), 30, "session 4's row once the stores are back")
             say(f"stores: session 4's row in {time.monotonic() - t_up:.1f} s after the stores were back")

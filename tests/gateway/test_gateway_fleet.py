@@ -158,7 +158,7 @@ def test_a_bound_session_is_written_and_reported_back_as_patch_session(fleet: Fl
     first = b.wait_for(lambda: b.of_type("imageDetection"), 90, "a detection")[0]["data"]["detection"]
     b.send({"type": "setSessionId", "payload": {"displayIdentifier": "display-1", "sessionId": 4711}})
     patch = b.wait_for(lambda: b.of_type("patchSession"), 20, "patchSession")[0]["payload"]
-    assert patch["sessionId"] == "4711"
+    assert patch["sessionId"] == 4711  # the JSON type the backend sent
     assert (patch["data"]["carBrand"], patch["data"]["bodyType"]) == (first["carBrand"], first["bodyType"])
     assert patch["data"]["imageKey"] and ":4711:" in patch["data"]["imageKey"]
 
