@@ -202,7 +202,7 @@ def main() -> int:
             "note": "no tracking: a vehicle is reported on every frame it is seen (duplicates); "
                     "recall = stops seen at least once"}
         figures["bare-ultralytics"]["extra_reports"] = len(figures["bare-ultralytics"]["extra_reports"])
-    out = {"clip": {"path": str(clip), "width": truth["width"], "height": truth["height"], "fps": fps,
+    out = {"clip": {"path": clip.name, "width": truth["width"], "height": truth["height"], "fps": fps,
                     "minutes": truth["n_frames"] / fps / 60, "generated_s": generated_s},
            "max_fps": MAX_FPS, "yolov8n_640_ort_s": v8n, "standin_detector_ort_s": standin_det,
            "loadavg_1m": [load1, os.getloadavg()[0]], "cpus": os.cpu_count(), "variants": figures,

@@ -66,8 +66,9 @@ SECRET = "Fuzz%40Secret"
 MAX_CAMERAS = 20  # the fleet's session_processes.max_concurrent_sessions (the default)
 
 FUZZ = settings(deadline=None, database=None, print_blob=True,
-                suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large,
-                                       HealthCheck.filter_too_much, HealthCheck.large_base_example])
+                suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large, HealthCheck.filter_too_much,
+                                       HealthCheck.large_base_example,
+                                       HealthCheck.function_scoped_fixture])  # `world` resets once per test
 
 
 # ---------------------------------------------------------------------------------------------
@@ -211,9 +212,16 @@ def _program_problem(fleet: Fleet, accepted: dict[str, list[str]]) -> str:
     return ""
 
 
+@pytest.fixture
+def world(module_world: World) -> World:
+    """The module's fleet, back to one display on each pool camera: tests run in any order."""
+    module_world.reset()
+    return module_world
+
+
 @pytest.fixture(scope="module")
-def world(tmp_path_factory: pytest.TempPathFactory, hostile_model_cache: Path, module_redis_url: str,
-          module_database_url: str) -> Iterator[World]:
+def module_world(tmp_path_factory: pytest.TempPathFactory, hostile_model_cache: Path, module_redis_url: str,
+                 module_database_url: str) -> Iterator[World]:
     base = tmp_path_factory.mktemp("fuzz") / "fleet"
     # health_check_interval: one periodic stateReport at connect, then only answers to requestState.
     extra = {"session_processes": {"process_cleanup_timeout": 600, "health_check_interval": 3600,
@@ -300,7 +308,8 @@ def run_example(w: World, frame: str | bytes | list[str] | list[bytes]) -> None:
             changed = after != w.subs or list(after) != list(w.subs)
             w.subs = after  # before judging: a failure must not leave the model behind the gateway
             want = [("invalid_message", sid or "", index) for index, sid in verdict.item_errors.items()]
-            want += [(code, sid, -1) for sid, code in refused.items()]
+            # a list's plan refusals name the item's place in the list too (subscribe has none)
+            want += [(code, sid, _accepted_index(whole, sid, verdict.item_errors)) for sid, code in refused.items()]
             assert got == sorted(want), (got, sorted(want))
             for e in errors:
                 if e["code"] == "invalid_message":
@@ -317,6 +326,25 @@ def run_example(w: World, frame: str | bytes | list[str] | list[bytes]) -> None:
                sorted(s for sids in accepted.values() for s in sids)
     if w.examples % 25 == 0:
         w.watch.check()
+
+
+def _accepted_index(whole: Any, sid: str, item_errors: dict[int, Any]) -> int:
+    """Where the accepted item `sid` stands in a setSubscriptionList's list (-1: not a list message).
+    Read from the message as sent, with the gateway's precedence: top-level `subscriptions`, then
+    `payload.subscriptions`, then `payload` as a list (null counts as absent)."""
+    if not isinstance(whole, dict):
+        return -1
+    payload = whole.get("payload")
+    if whole.get("subscriptions") is not None:
+        items = whole["subscriptions"]
+    elif isinstance(payload, dict) and payload.get("subscriptions") is not None:
+        items = payload["subscriptions"]
+    else:
+        items = payload
+    if not isinstance(items, list):
+        return -1
+    return next((i for i, item in enumerate(items) if i not in item_errors and isinstance(item, dict)
+                 and item.get("subscriptionIdentifier") == sid), -1)
 
 
 # ---------------------------------------------------------------------------------------------
