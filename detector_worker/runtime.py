@@ -113,9 +113,16 @@ class Worker:
         self.status_events: queue.SimpleQueue[tuple[bool, str]] = queue.SimpleQueue()
         self.started = time.monotonic()
         # heartbeats (phase "starting", "fetching", ...) from here on: a long fetch is not a hang
-        with StartupBeats(self.bus, spec.camera_id, self.started, spec.bus.heartbeat_interval_s) as beats:
-            self.outbox = open_outbox(spec)  # the camera's durable store writes and session state
-            self.pipelines: Pipelines = self._build(spec, beats.progress)
+        try:
+            with StartupBeats(self.bus, spec.camera_id, self.started, spec.bus.heartbeat_interval_s) as beats:
+                self.outbox = open_outbox(spec)  # the camera's durable store writes and session state
+                self.pipelines: Pipelines = self._build(spec, beats.progress)
+        except BaseException:
+            # a worker that cannot start must still exit: an open ZeroMQ context blocks the interpreter's exit
+            if getattr(self, "outbox", None) is not None:
+                self.outbox.close()
+            self.bus.close()
+            raise
         self.pipelines.start()
         self.control_state: dict[str, tuple[int | str | None, str | None]] = {}
         self.reader = self._start_reader()
