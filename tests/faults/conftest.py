@@ -13,7 +13,7 @@ import pytest
 
 from detector_worker.synthetic.standin import ARCHIVE_NAME
 from tests.conftest import MODELS, ClipFactory
-from tests.faults.harness import reap
+from tests.faults.harness import RecordingBackend, reap
 from tests.fleet import Fleet
 
 MODEL_URL = (MODELS / ARCHIVE_NAME).as_uri()
@@ -67,3 +67,21 @@ def make_fleet(tmp_path: Path, fault_model_cache: Path) -> Iterator[Callable[...
         with contextlib.suppress(Exception):
             fleet.stop()
         reap(fleet)
+
+
+@pytest.fixture
+def backends() -> Iterator[list[RecordingBackend]]:
+    made: list[RecordingBackend] = []
+    yield made
+    for b in made:
+        b.close()
+
+
+@pytest.fixture
+def start_backend(backends: list[RecordingBackend], tag: str) -> Callable[..., RecordingBackend]:
+    def start(fleet: Fleet, subs: list[dict[str, Any]], bind: set[str]) -> RecordingBackend:
+        backend = RecordingBackend(fleet, subs, bind=bind, tag=tag)
+        backends.append(backend)
+        return backend.start()
+
+    return start

@@ -60,24 +60,6 @@ def online(fleet: Fleet, cam: str) -> bool:
     return bool(camera(fleet, cam).get("online"))
 
 
-@pytest.fixture
-def backends() -> Iterator[list[RecordingBackend]]:
-    made: list[RecordingBackend] = []
-    yield made
-    for b in made:
-        b.close()
-
-
-@pytest.fixture
-def start_backend(backends: list[RecordingBackend], tag: str) -> Callable[..., RecordingBackend]:
-    def start(fleet: Fleet, subs: list[dict[str, Any]], bind: set[str]) -> RecordingBackend:
-        backend = RecordingBackend(fleet, subs, bind=bind, tag=tag)
-        backends.append(backend)
-        return backend.start()
-
-    return start
-
-
 @pytest.fixture(scope="session")
 def pg_template(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PostgresTemplate]:
     from tests.servers import postgres_template

@@ -82,24 +82,6 @@ def wait_detection(backend: RecordingBackend, subscription_id: str, since: float
     return backend.detections(subscription_id, since)[0]
 
 
-@pytest.fixture
-def backends() -> Iterator[list[RecordingBackend]]:
-    made: list[RecordingBackend] = []
-    yield made
-    for b in made:
-        b.close()
-
-
-@pytest.fixture
-def start_backend(backends: list[RecordingBackend], tag: str) -> Callable[..., RecordingBackend]:
-    def start(fleet: Fleet, subs: list[dict[str, object]], bind: set[str]) -> RecordingBackend:
-        backend = RecordingBackend(fleet, subs, bind=bind, tag=tag)
-        backends.append(backend)
-        return backend.start()
-
-    return start
-
-
 # -- 1 -------------------------------------------------------------------------------------------------
 
 def test_worker_kill_9_three_times_leaves_the_other_cameras_alone(

@@ -11,7 +11,7 @@ import os
 import shutil
 import subprocess
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -58,14 +58,7 @@ def browser(demo_fleet: None) -> Iterator[Any]:
         driver.quit()
 
 
-def wait(predicate: Callable[[], Any], timeout: float, what: str) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.1)
-    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
+wait = Fleet.wait_for  # one waiting loop for the fleet tests
 
 
 def tiles(driver: Any) -> dict[str, dict[str, str]]:
