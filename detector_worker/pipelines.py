@@ -153,8 +153,29 @@ def outbox_path(spec: WorkerSpec) -> Path:
 
 
 def open_outbox(spec: WorkerSpec) -> Outbox:
-    quota = int(spec.stores.outbox_quota_mb * 2**20)
-    return Outbox(outbox_path(spec), quota, logging.getLogger("detector_worker.stores"))
+    """The camera's outbox; on one of several hosts (a placement epoch), mirrored to Redis and, after a
+    move, taken over from the previous host (pipeline/handover.py). Raises `Fenced` for a stale copy."""
+    logger = logging.getLogger("detector_worker.stores")
+    outbox = Outbox(outbox_path(spec), int(spec.stores.outbox_quota_mb * 2**20), logger)
+    url = spec.stores.redis_url or os.environ.get("REDIS_URL")
+    if not spec.placement_epoch or not url:
+        return outbox
+    from .pipeline.handover import Fenced, OutboxReplica
+
+    replica = OutboxReplica(url, spec.slug, spec.placement_epoch, logger)
+    try:
+        moved = replica.claim()
+    except Fenced:
+        outbox.close()
+        raise
+    except Exception as err:  # Redis unreachable: start from the local outbox; the mirror catches up later
+        logger.warning("outbox mirror: cannot claim this camera in Redis (%s): starting from the local outbox", err)
+    else:
+        if moved is not None:
+            outbox.adopt(moved)
+    outbox.replica = replica
+    replica.attach(outbox)
+    return outbox
 
 
 def _store_writers(config: PipelineConfig, spec: WorkerSpec, outbox: Outbox | None,

@@ -40,6 +40,7 @@ from .config.spec import WorkerSpec
 from .logs import CameraContext
 from .pipeline.archive import ArchiveError
 from .pipeline.engine import VehicleCycle
+from .pipeline.handover import Fenced
 from .pipeline.models import ModelLoadError
 from .pipeline.schema import PipelineConfigError
 from .pipeline.sessions import DisplaySession, Written
@@ -99,7 +100,8 @@ def _pipeline_settings(spec: WorkerSpec) -> tuple[object, ...]:
 
 def _restart_settings(spec: WorkerSpec) -> tuple[object, ...]:
     """What only a restart applies (the bus intervals and the log level apply at once)."""
-    return (spec.bus.push_endpoint, spec.bus.control_endpoint, spec.bus.send_hwm, spec.log.directory,
+    return (spec.bus.push_endpoint, spec.bus.control_endpoint, spec.bus.send_hwm, spec.bus.curve,
+            spec.placement_epoch, spec.log.directory,
             spec.log.max_mb, spec.log.backups)
 
 
@@ -108,8 +110,8 @@ class Worker:
         self.spec = spec
         self.flags = flags
         self._reload_spec = reload_spec  # returns a fresh WorkerSpec, for SIGHUP/reload
-        self.bus = WorkerBus(spec.camera_id, spec.slug, spec.bus.push_endpoint, spec.bus.control_endpoint,
-                             send_hwm=spec.bus.send_hwm, log=logging.getLogger("detector_worker.bus"))
+        self.bus = WorkerBus.for_camera(spec.camera_id, spec.slug, spec.bus, epoch=spec.placement_epoch,
+                                        log=logging.getLogger("detector_worker.bus"))
         self.status_events: queue.SimpleQueue[tuple[bool, str]] = queue.SimpleQueue()
         self.started = time.monotonic()
         # heartbeats (phase "starting", "fetching", ...) from here on: a long fetch is not a hang
@@ -409,7 +411,7 @@ def run_worker(spec: WorkerSpec, reload_spec: Callable[[], WorkerSpec] | None = 
     threading.current_thread().name = f"camera-{spec.slug}"
     try:
         worker = Worker(spec, flags, reload_spec)
-    except (ArchiveError, ModelLoadError, PipelineConfigError, ValueError, OSError) as err:
+    except (ArchiveError, ModelLoadError, PipelineConfigError, Fenced, ValueError, OSError) as err:
         # one clear line instead of a traceback; supervisord retries (a model server may be back)
         log.error("cannot start: %s", err)
         return EXIT_CANNOT_START

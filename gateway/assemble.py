@@ -14,14 +14,17 @@ from detector_worker.config.cameras_file import CamerasFile, load_cameras_file
 from detector_worker.config.spec import Subscription, load_spec
 
 from .backend import BackendChannel
-from .bus import GatewayBus
+from .bus import GatewayBus, RemoteBus
 from .core import Gateway
 from .desired import DesiredState
+from .hosts.fleet import HostFleet
 from .metrics import GatewayMetrics
+from .ports import Supervisor
 from .server import GatewayServer
 from .settings import GatewaySettings
 from .state import CameraState
 from .supervisor.bridge import SupervisorBridge
+from .supervisor.local import LocalSupervisor
 from .supervisor.rpc import SupervisorClient
 
 log = logging.getLogger("gateway")
@@ -73,10 +76,24 @@ def assemble(settings: GatewaySettings) -> Assembled:
     states: dict[str, CameraState] = {}
     metrics = GatewayMetrics(lambda: list(states.values()))
     channel = BackendChannel(metrics.backend_dropped.inc)
+    desired = DesiredState(settings, cameras, inherited_subscriptions(settings, cameras))
+    supervisor: Supervisor
+    remote: RemoteBus | None = None
+    if settings.hosts:
+        fleet = HostFleet(settings.hosts, settings.remote, settings.specs_dir.parent / "placements.json",
+                          labels_of=desired.host_labels)
+        metrics.watch_hosts(fleet.describe)
+        supervisor = fleet
+        assert settings.remote.secret_key_file is not None  # GatewaySettings requires it with hosts
+        remote = RemoteBus(settings.remote.listen_push, settings.remote.listen_control,
+                           settings.remote.secret_key_file, {h.bus_public_key: h.name for h in settings.hosts},
+                           metrics.bus_refused.inc)
+    else:
+        supervisor = LocalSupervisor(SupervisorBridge(SupervisorClient(settings.supervisor_socket),
+                                                      settings.programs_dir), settings.specs_dir)
     gateway = Gateway(
-        settings, desired=DesiredState(settings, cameras, inherited_subscriptions(settings, cameras)),
-        supervisor=SupervisorBridge(SupervisorClient(settings.supervisor_socket), settings.programs_dir),
-        bus=GatewayBus(settings.bus.push_endpoint, settings.bus.control_endpoint), backend=channel,
+        settings, desired=desired, supervisor=supervisor,
+        bus=GatewayBus(settings.bus.push_endpoint, settings.bus.control_endpoint, remote), backend=channel,
         metrics=metrics, states=states)
     return Assembled(gateway, GatewayServer(settings, gateway, channel))
 

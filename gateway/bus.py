@@ -1,6 +1,11 @@
 """The gateway's end of the ZeroMQ bus: PULL from workers (and supervisord's event listener),
 ROUTER to workers for control (session ids, stages, reload), addressed by camera slug.
 
+Workers of other hosts (gateway/hosts) reach the same two sockets over tcp://, bound after the
+ipc:// endpoints with CURVE on: ZeroMQ applies security options to the binds that follow them, so
+local workers keep plain unix sockets while every TCP peer must encrypt and present a host key
+that the ZAP handler finds in the hosts' allow-list (a refused key is counted and logged).
+
 Intake never waits for the backend: every message is handed to a callback that only updates
 state or queues for the backend (bounded), so a slow or absent backend can't back up the bus.
 """
@@ -11,7 +16,9 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
 
 import zmq
 import zmq.asyncio
@@ -37,9 +44,38 @@ Handler = Callable[[AnyWorkerMessage], Awaitable[None] | None]
 HelloHandler = Callable[[Hello, bytes], Awaitable[None]]
 
 
+@dataclass(frozen=True)
+class RemoteBus:
+    """The tcp:// side of the bus: where other hosts' workers connect, and who may."""
+
+    push_endpoint: str
+    control_endpoint: str
+    secret_key_file: Path  # the gateway's CURVE key pair (zmq.auth's .key_secret format)
+    allowed: Mapping[str, str]  # Z85 public key → host name
+    on_refused: Callable[[], None] = field(default=lambda: None)
+
+
+class _HostKeys:
+    """ZAP's CURVE credentials check: a key of a configured host, or refused (counted, logged)."""
+
+    def __init__(self, remote: RemoteBus, quiet: LogLimiter) -> None:
+        self._remote = remote
+        self._quiet = quiet
+
+    def callback(self, domain: str, key: bytes) -> bool:
+        if key.decode("ascii", "replace") in self._remote.allowed:
+            return True
+        self._remote.on_refused()
+        if self._quiet.allow("refused"):
+            log.warning("refused a bus connection with a CURVE key of no configured host%s", self._quiet.suffix())
+        return False
+
+
 class GatewayBus:
-    def __init__(self, pull_endpoint: str, control_endpoint: str) -> None:
+    def __init__(self, pull_endpoint: str, control_endpoint: str, remote: RemoteBus | None = None) -> None:
         self._ctx = zmq.asyncio.Context()
+        self._remote = remote
+        self._auth: object | None = None
         self._pull = self._ctx.socket(zmq.PULL)
         self._pull.setsockopt(zmq.RCVHWM, 100_000)
         self._pull.setsockopt(zmq.LINGER, 0)
@@ -65,8 +101,28 @@ class GatewayBus:
         self._on_invalid = on_invalid
         self._pull.bind(self._endpoints[0])
         self._router.bind(self._endpoints[1])
+        if self._remote is not None:
+            self._bind_remote(self._remote)
         self._tasks = [asyncio.create_task(self._pull_loop(), name="bus-pull"),
                        asyncio.create_task(self._control_loop(), name="bus-control")]
+
+    def _bind_remote(self, remote: RemoteBus) -> None:
+        import zmq.auth
+        from zmq.auth.asyncio import AsyncioAuthenticator
+
+        public, secret = zmq.auth.load_certificate(remote.secret_key_file)
+        if secret is None:
+            raise ValueError(f"{remote.secret_key_file} holds no secret key")
+        auth = AsyncioAuthenticator(self._ctx)
+        auth.start()
+        auth.configure_curve_callback("fleet", _HostKeys(remote, self._quiet))
+        self._auth = auth
+        for socket, endpoint in ((self._pull, remote.push_endpoint), (self._router, remote.control_endpoint)):
+            socket.curve_server = True
+            socket.curve_publickey = public
+            socket.curve_secretkey = secret
+            socket.zap_domain = b"fleet"
+            socket.bind(endpoint)
 
     async def close(self) -> None:
         for task in self._tasks:
@@ -76,6 +132,8 @@ class GatewayBus:
                 await task
         self._pull.close(0)
         self._router.close(0)
+        if self._auth is not None:
+            self._auth.stop()  # type: ignore[attr-defined]
         self._ctx.term()
 
     async def _pull_loop(self) -> None:

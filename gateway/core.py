@@ -13,9 +13,10 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
+from detector_worker.comms.bus import control_identity
 from detector_worker.comms.messages import (
     AnyWorkerMessage,
     DisplayDetection,
@@ -27,17 +28,17 @@ from detector_worker.comms.messages import (
     Status,
 )
 from detector_worker.config.spec import WorkerSpec
-from detector_worker.files import atomic_write
 from detector_worker.logs import log_path
 
 from . import relay
 from .backend import BackendChannel
-from .desired import DesiredState, spec_path
+from .desired import DesiredState
 from .metrics import GatewayMetrics
 from .ports import Supervisor, WorkerBus
 from .quiet import LogLimiter
 from .settings import GatewaySettings
 from .state import CameraState
+from .supervisor.local import CameraProgram, spec_path
 from .supervisor.programs import ProgramSpec, program_for_camera
 from .supervisor.rpc import SupervisorError, SupervisorUnavailable
 
@@ -89,6 +90,7 @@ class Gateway:
             if ended:
                 log.warning("ended %d orphaned worker(s) left by an earlier supervisord: %s", len(ended), ended)
         self.bus.start(self.on_bus_message, self.on_hello, self.metrics.bus_invalid.inc)
+        await self.supervisor.open(self.mark_dirty)
         self._tasks = [asyncio.create_task(self._apply_loop(), name="apply"),
                        asyncio.create_task(self._reconcile_loop(), name="reconcile"),
                        asyncio.create_task(self._gpu_loop(), name="gpu")]
@@ -103,6 +105,7 @@ class Gateway:
         for task in tasks:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+        await self.supervisor.close()
         await self.bus.close()
 
     # -- applying the desired state ------------------------------------------------------------------
@@ -143,14 +146,14 @@ class Gateway:
         plans = self.desired.plans
         specs = {camera_id: p.spec for camera_id, p in plans.items()}
         programs = {camera_id: self._program(camera_id, spec) for camera_id, spec in specs.items()}
-        changed = await asyncio.to_thread(_write_specs, self.settings.specs_dir, specs)
-        report = await self.supervisor.apply({p.name: p for p in programs.values()})
+        report = await self.supervisor.apply_cameras(
+            {camera_id: CameraProgram(specs[camera_id], program) for camera_id, program in programs.items()})
         self.metrics.applies.inc()
         if report.errors:
             log.error("supervisord apply errors: %s", report.errors)
+        respecced = set(report.specs_changed)
+        changed = [camera_id for camera_id, program in programs.items() if program.name in respecced]
         gone = [c for c in self.programs if c not in programs]
-        await asyncio.to_thread(_remove_specs, self.settings.specs_dir,
-                                [self.applied[c].slug for c in gone if c in self.applied])
         for camera_id in gone:
             self.states.pop(camera_id, None)
             self.identities.pop(camera_id, None)
@@ -159,6 +162,7 @@ class Gateway:
         for camera_id, program in programs.items():
             if camera_id not in self.states:
                 self.states[camera_id] = CameraState(camera_id, program.name)
+            self.states[camera_id].host = self.supervisor.host_of(camera_id)
         replaced = set(report.added) | set(report.replaced)
         previous, self.applied, self.programs = self.applied, specs, programs
         for camera_id in changed:  # same program, new spec: reload it, or restart it for process settings
@@ -198,6 +202,10 @@ class Gateway:
         if action == "start":
             return await self._supervise(self.supervisor.start, program.name)
         return await self._supervise(self.supervisor.restart, program.name)
+
+    def drain_host(self, host: str, draining: bool = True) -> bool:
+        """Move every camera off a worker host (before maintenance), or let it take cameras again."""
+        return self.supervisor.drain(host, draining)
 
     # -- the backend ------------------------------------------------------------------------------------
     def backend_connected(self) -> None:
@@ -239,6 +247,9 @@ class Gateway:
         program = self.programs.get(camera_id)
         if program is None or camera_id not in self.desired.plans:
             return
+        if hello.epoch != self.supervisor.epoch(camera_id):
+            self._fenced(camera_id, hello.epoch)
+            return
         if not await self._supervised(camera_id, program.name, hello.pid):
             if self._quiet.allow(f"hello:{camera_id}"):
                 log.warning("camera %s: ignored a hello from pid %d, not the process supervisord runs for it%s",
@@ -272,7 +283,14 @@ class Gateway:
         if known is not None:
             return known
         p = self.desired.plans.get(camera_id)
-        return p.spec.slug.encode() if p is not None else b""
+        return control_identity(p.spec.slug, self.supervisor.epoch(camera_id)) if p is not None else b""
+
+    def _fenced(self, camera_id: str, epoch: int) -> None:
+        """A message of another placement epoch: a stale copy of a camera that moved hosts."""
+        self.metrics.bus_fenced.inc()
+        if self._quiet.allow(f"fenced:{camera_id}"):
+            log.warning("camera %s: dropped messages of placement epoch %d (now %d): a stale copy%s", camera_id,
+                        epoch, self.supervisor.epoch(camera_id), self._quiet.suffix())
 
     def on_bus_message(self, msg: AnyWorkerMessage) -> None:
         self.metrics.bus_messages.labels(msg.type).inc()
@@ -284,6 +302,9 @@ class Gateway:
         state = self.states.get(msg.camera)
         if state is None:
             return  # a worker of a camera no longer planned; it is being stopped
+        if msg.epoch != self.supervisor.epoch(msg.camera):
+            self._fenced(msg.camera, msg.epoch)
+            return
         if isinstance(msg, Heartbeat):
             state.on_heartbeat(msg)
         elif isinstance(msg, Status):
@@ -374,13 +395,3 @@ class Gateway:
             self.gpu = await asyncio.to_thread(gpu_usage)
             await asyncio.sleep(5.0)
 
-
-def _write_specs(specs_dir: Path, specs: Mapping[str, WorkerSpec]) -> list[str]:
-    """Write every camera's 0600 spec file; the camera ids whose file changed."""
-    return [camera_id for camera_id, spec in specs.items()
-            if atomic_write(spec_path(specs_dir, spec.slug), spec.model_dump_json(indent=2).encode(), mode=0o600)]
-
-
-def _remove_specs(specs_dir: Path, slugs: list[str]) -> None:
-    for slug in slugs:
-        spec_path(specs_dir, slug).unlink(missing_ok=True)

@@ -209,6 +209,11 @@ class DesiredState:
         p = self.plans.get(camera_id)
         return p is not None and subscription_identifier in p.backend_ids
 
+    def host_labels(self, camera_id: str) -> frozenset[str]:
+        """The labels a worker host needs to run this camera (cameras.yaml `host_labels`; none for the backend's)."""
+        entry = self._cameras.cameras.get(camera_id) if self._cameras is not None else None
+        return frozenset(entry.host_labels) if entry is not None else frozenset()
+
     def cameras_of_display(self, display_id: str) -> list[str]:
         """Every camera the display watches: a session reaches all of them."""
         return [cam for cam, p in self.plans.items() if display_id in p.displays]
@@ -314,6 +319,3 @@ class DesiredState:
         for display_id in [d for d in self._displays if d not in served]:
             del self._displays[display_id]
 
-
-def spec_path(specs_dir: Path, slug: str) -> Path:
-    return specs_dir / f"{slug}.json"

@@ -2,7 +2,8 @@
 
     GET /health                      liveness and a summary
     GET /metrics                     Prometheus text format, per-camera labels
-    GET /cameras                     every camera's state as JSON
+    GET /cameras                     every camera's state as JSON (with the worker host it runs on)
+    GET /hosts                       every worker host: health, capacity, load; cameras not placed
     GET /cameras/{camera}/snapshot   the camera's latest frame as JPEG (404 until one arrived)
     GET /ui/                         the operator's dashboard (gateway/ui; served by server.py, with its query)
 """
@@ -41,6 +42,8 @@ async def route(gateway: Gateway, path: str) -> Response:
         return response(HTTPStatus.OK, gateway.metrics.render(), CONTENT_TYPE_LATEST)
     if path == "/cameras":
         return json_response(HTTPStatus.OK, {"cameras": views.cameras_json(gateway)})
+    if path == "/hosts":
+        return json_response(HTTPStatus.OK, views.hosts_json(gateway))
     parts = path.split("/")
     if len(parts) == 4 and parts[1] == "cameras" and parts[3] == "snapshot":
         camera_id = unquote(parts[2])

@@ -98,9 +98,42 @@ class _CameraCollector(Collector):
             yield GaugeMetricFamily(name, doc, labels=["camera"])
 
 
+_HOST_GAUGES: tuple[tuple[str, str, str], ...] = (
+    ("fleet_host_up", "1 while the worker host's supervisord answers", "up"),
+    ("fleet_host_draining", "1 while the host is drained (its cameras move away)", "draining"),
+    ("fleet_host_capacity_slots", "camera slots of the host", "capacity"),
+    ("fleet_host_cameras", "cameras placed on the host", "cameras"),
+    ("fleet_host_load1", "the host's 1-minute load average", "load1"),
+)
+
+
+class _HostCollector(Collector):
+    """Per worker host (gateway/hosts), and which host runs each camera."""
+
+    def __init__(self, hosts: Callable[[], list[dict[str, object]]],
+                 cameras: Callable[[], Iterable[CameraState]]) -> None:
+        self._hosts = hosts
+        self._cameras = cameras
+
+    def collect(self) -> Iterable[Metric]:
+        hosts = self._hosts()
+        for name, doc, key in _HOST_GAUGES:
+            family = GaugeMetricFamily(name, doc, labels=["host"])
+            for h in hosts:
+                family.add_metric([str(h["name"])], float(h[key]))  # type: ignore[arg-type]
+            yield family
+        placed = GaugeMetricFamily("fleet_camera_placed", "1 on the host that runs the camera",
+                                   labels=["camera", "host"])
+        for cam in self._cameras():
+            if cam.host is not None:
+                placed.add_metric([cam.camera_id, cam.host], 1.0)
+        yield placed
+
+
 class GatewayMetrics:
     def __init__(self, cameras: Callable[[], Iterable[CameraState]]) -> None:
         self.registry = CollectorRegistry()
+        self._cameras = cameras
         ProcessCollector(registry=self.registry)  # process_cpu_seconds_total, process_resident_memory_bytes...
         PlatformCollector(registry=self.registry)  # python_info
         self.registry.register(_CameraCollector(cameras))
@@ -111,6 +144,11 @@ class GatewayMetrics:
                                      ["camera"], registry=r)
         self.bus_messages = Counter("fleet_bus_messages", "messages received from workers", ["type"], registry=r)
         self.bus_invalid = Counter("fleet_bus_invalid_messages", "malformed messages from the bus", registry=r)
+        self.bus_fenced = Counter("fleet_bus_fenced_messages",
+                                  "messages of a stale placement epoch dropped (a copy of a camera that moved hosts)",
+                                  registry=r)
+        self.bus_refused = Counter("fleet_bus_refused_connections",
+                                   "tcp:// bus connections refused: a CURVE key not allow-listed", registry=r)
         self.backend_dropped = Counter("fleet_backend_dropped_messages",
                                        "messages for the backend dropped (absent or too slow)", registry=r)
         self.backend_errors = Counter("fleet_backend_errors", "error replies sent to the backend", ["code"],
@@ -122,6 +160,10 @@ class GatewayMetrics:
             "fleet_capture_to_backend_seconds", "a detection's frame capture to its hand-over to the backend",
             buckets=CAPTURE_TO_BACKEND_BUCKETS, registry=r)
         self._per_camera: tuple[Counter, ...] = (self.detections, self.hung_restarts)
+
+    def watch_hosts(self, hosts: Callable[[], list[dict[str, object]]]) -> None:
+        """Several worker hosts: expose each one's health, capacity and load (HostFleet.describe)."""
+        self.registry.register(_HostCollector(hosts, self._cameras))
 
     # -- events -----------------------------------------------------------------------------
     def detection(self, camera_id: str) -> None:

@@ -16,6 +16,8 @@ from pydantic import Field, ValidationError, model_validator
 from detector_worker.config.base import SpecError, StrictModel, describe_validation_error, read_yaml_file
 from detector_worker.config.spec import BusSettings, InferenceSettings, ModelPolicy, ResourceLimits
 
+from .hosts.settings import HostSettings, RemoteSettings, check_hosts
+
 PROJECT_DIR = Path(__file__).resolve().parents[1]
 
 
@@ -60,6 +62,9 @@ class GatewaySettings(StrictModel):
     allowed_hosts: list[str] = Field(default_factory=list)  # beyond localhost, 127.0.0.1, ::1 and `host`
     allowed_origins: list[str] = Field(default_factory=list)  # e.g. ["https://ops.example.com"]
     bus: BusSettings = BusSettings()  # the gateway binds push_endpoint (PULL) and control_endpoint (ROUTER)
+    # Worker hosts, each with its own supervisord (docs/operations.md, "Several hosts"); none: this one
+    hosts: list[HostSettings] = Field(default_factory=list, max_length=1000)
+    remote: RemoteSettings = RemoteSettings()  # their bus (tcp:// with CURVE) and health checks
     backend: BackendSettings = BackendSettings()
     models: ModelPolicy = ModelPolicy()  # which model archives are trusted, and how far
     session_processes: SessionProcesses = SessionProcesses()
@@ -74,6 +79,11 @@ class GatewaySettings(StrictModel):
         if not _is_loopback(self.host) and not self.token and not self.backend.allowed_networks:
             raise ValueError(f"host {self.host!r} is not loopback: set a token (GATEWAY_TOKEN) or "
                              "backend.allowed_networks (the backend's addresses, CIDR)")
+        return self
+
+    @model_validator(mode="after")
+    def _hosts(self) -> GatewaySettings:
+        check_hosts(self.hosts, self.remote)
         return self
 
     @property
@@ -111,6 +121,10 @@ def load_settings(path: Path | None, **overrides: object) -> GatewaySettings:
         value = data.get(key)
         if isinstance(value, str) and not Path(value).is_absolute():
             data[key] = str(project / value)
+    remote = data.get("remote")
+    key_file = remote.get("secret_key_file") if isinstance(remote, dict) else None
+    if isinstance(remote, dict) and isinstance(key_file, str) and not Path(key_file).is_absolute():
+        data["remote"] = {**remote, "secret_key_file": str(project / remote["secret_key_file"])}
     if os.environ.get("GATEWAY_TOKEN"):
         data["token"] = os.environ["GATEWAY_TOKEN"]
     if os.environ.get("GATEWAY_CAMERAS_FILE"):  # e.g. a test's own copy; supervisord passes its env on

@@ -48,6 +48,7 @@ class CameraState:
     detections: int = 0
     # an operator stopped this camera's worker: set by the gateway from its desired state, which owns it
     operator_stopped: bool = False
+    host: str | None = None  # the worker host it is placed on (None: this one, or unplaced); gateway/hosts
     last_heartbeat: float | None = None  # monotonic
     worker_pid: int | None = None
     snapshot: Snapshot | None = None
@@ -124,5 +125,5 @@ class CameraState:
             "store_failed": self.store_failed, "store_quota_full": self.store_quota_full,
             "display_errors": self.display_errors, "phase": self.phase, "phase_detail": self.phase_detail,
             "restarts": self.restarts, "hung_restarts": self.hung_restarts, "detections": self.detections,
-            "last_error": self.last_error, "heartbeat_age_s": round(self.silent_for(), 1),
+            "last_error": self.last_error, "heartbeat_age_s": round(self.silent_for(), 1), "host": self.host,
         }

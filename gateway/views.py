@@ -47,6 +47,12 @@ def cameras_json(gateway: Gateway) -> list[dict[str, object]]:
     return out
 
 
+def hosts_json(gateway: Gateway) -> dict[str, object]:
+    """The worker hosts (none when this machine runs every camera) and the cameras no host can take."""
+    unplaced = [c for c, s in gateway.states.items() if s.host is None] if gateway.settings.hosts else []
+    return {"hosts": gateway.supervisor.describe(), "unplaced": sorted(unplaced)}
+
+
 def snapshot(gateway: Gateway, camera_id: str) -> bytes | None:
     state = gateway.states.get(camera_id)
     if state is None or state.snapshot is None:

@@ -8,6 +8,12 @@ In: a DEALER socket, identified by the camera's slug, connected to the gateway's
 worker says `hello` on it at start (and again until the gateway answers), and the gateway
 answers with the camera's full `control` state, so a worker that starts or restarts late
 still learns its displays' session ids.
+
+Across hosts (tcp:// endpoints) both sockets use CURVE: the gateway's public key and this host's
+key pair (`spec.bus.curve`), so the link is encrypted and only allow-listed hosts get in. Every
+message carries the spec's placement epoch, and the control identity includes it, so a stale copy
+of a camera that moved (its host was cut off and came back) can neither be heard nor take over
+the new copy's control identity.
 """
 
 from __future__ import annotations
@@ -16,26 +22,52 @@ import contextlib
 import logging
 import os
 import time
+from pathlib import Path
 
 import zmq
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 
+from ..config.spec import BusSettings, CurveClient
 from .messages import Control, Hello, Live, Reload, decode_from_gateway, encode
+
+
+def control_identity(slug: str, epoch: int) -> bytes:
+    """A worker's identity on the gateway's ROUTER: its camera slug, and its placement epoch if any."""
+    return f"{slug}@{epoch}".encode() if epoch else slug.encode()
+
+
+def _secure(socket: zmq.Socket[bytes], curve: CurveClient) -> None:
+    import zmq.auth  # only on another host than the gateway
+
+    public, secret = zmq.auth.load_certificate(Path(curve.secret_key_file))
+    if secret is None:
+        raise ValueError(f"{curve.secret_key_file} holds no secret key")
+    socket.curve_serverkey = curve.server_public_key.encode()
+    socket.curve_publickey = public
+    socket.curve_secretkey = secret
 
 
 class WorkerBus:
     def __init__(self, camera_id: str, identity: str, push_endpoint: str, control_endpoint: str, *,
-                 send_hwm: int = 1000, log: logging.Logger | None = None) -> None:
+                 send_hwm: int = 1000, log: logging.Logger | None = None, epoch: int = 0,
+                 curve: CurveClient | None = None) -> None:
         self.camera_id = camera_id
+        self.epoch = epoch
         self.log = log or logging.getLogger(__name__)
+        if curve is None and any(e.startswith("tcp://") for e in (push_endpoint, control_endpoint)):
+            raise ValueError("a tcp:// bus needs CURVE keys (bus.curve): the gateway accepts no plain TCP")
         self._ctx = zmq.Context(io_threads=1)  # this process's own context: nothing shared with anyone
         self._push = self._ctx.socket(zmq.PUSH)
+        if curve is not None:
+            _secure(self._push, curve)
         self._push.setsockopt(zmq.SNDHWM, send_hwm)
         self._push.setsockopt(zmq.LINGER, 0)
         self._push.setsockopt(zmq.IMMEDIATE, 1)  # queue only to a connected gateway, else count a drop
         self._push.connect(push_endpoint)
         self._control = self._ctx.socket(zmq.DEALER)
-        self._control.setsockopt(zmq.IDENTITY, identity.encode())
+        if curve is not None:
+            _secure(self._control, curve)
+        self._control.setsockopt(zmq.IDENTITY, control_identity(identity, epoch))
         self._control.setsockopt(zmq.LINGER, 0)
         self._control.setsockopt(zmq.SNDHWM, 100)
         self._control.connect(control_endpoint)
@@ -44,10 +76,18 @@ class WorkerBus:
         self.answered = False  # the gateway has sent control state since our hello
         self._started_at = time.time()
 
-    def send(self, message: object) -> bool:
+    @classmethod
+    def for_camera(cls, camera_id: str, slug: str, settings: BusSettings, *, epoch: int = 0,
+                   log: logging.Logger | None = None) -> WorkerBus:
+        return cls(camera_id, slug, settings.push_endpoint, settings.control_endpoint, send_hwm=settings.send_hwm,
+                   log=log, epoch=epoch, curve=settings.curve)
+
+    def send(self, message: BaseModel) -> bool:
         """Queue one message for the gateway without blocking; False (and counted) if dropped."""
+        if self.epoch and getattr(message, "epoch", None) == 0:
+            message = message.model_copy(update={"epoch": self.epoch})
         try:
-            self._push.send(encode(message), zmq.NOBLOCK)  # type: ignore[arg-type]
+            self._push.send(encode(message), zmq.NOBLOCK)
         except zmq.Again:
             self.dropped += 1
             return False
@@ -55,7 +95,8 @@ class WorkerBus:
         return True
 
     def hello(self) -> None:
-        msg = Hello(camera=self.camera_id, sent_at=time.time(), pid=os.getpid(), started_at=self._started_at)
+        msg = Hello(camera=self.camera_id, sent_at=time.time(), pid=os.getpid(), started_at=self._started_at,
+                    epoch=self.epoch)
         with contextlib.suppress(zmq.Again):  # not connected yet: the caller says hello again later
             self._control.send(encode(msg), zmq.NOBLOCK)
 

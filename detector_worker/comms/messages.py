@@ -28,6 +28,9 @@ class _Message(BaseModel):
     v: Literal[1] = 1  # PROTOCOL_VERSION
     camera: str = Field(min_length=1, max_length=limits.MAX_ID)
     sent_at: float  # wall clock (time.time()) at the sender
+    # The camera's placement epoch (its spec's `placement_epoch`): after a camera moved to another
+    # host, messages of an older epoch come from a stale copy and are dropped (fencing).
+    epoch: int = Field(0, ge=0)
 
 
 class Hello(_Message):

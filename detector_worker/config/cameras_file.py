@@ -8,6 +8,7 @@ gateway writes for the backend's cameras, so a hand-run camera behaves exactly l
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Annotated
 
 from pydantic import Field, ValidationError, field_validator
 
@@ -58,6 +59,9 @@ class CameraEntry(StrictModel):
     inference: InferenceSettings | None = None
     motion: MotionSettings | None = None  # the whole block replaces defaults.motion
     resource_limits: ResourceLimits | None = None
+    # With several worker hosts: the labels the camera's host must have (e.g. [gpu]); gateway/hosts
+    host_labels: list[Annotated[str, Field(pattern=r"^[a-z0-9][a-z0-9_.-]{0,31}$")]] = Field(default_factory=list,
+                                                                                          max_length=32)
 
     @field_validator("displays")
     @classmethod

@@ -125,6 +125,19 @@ def _endpoint(value: str) -> str:
 Endpoint = Annotated[str, AfterValidator(_endpoint)]
 
 
+_Z85_KEY = r"^[0-9A-Za-z.:+=^!/*?&<>()\[\]{}@%$#-]{40}$"  # a CURVE key in Z85 (40 characters)
+CurveKey = Annotated[str, Field(pattern=_Z85_KEY)]
+
+
+class CurveClient(StrictModel):
+    """ZeroMQ CURVE for a worker on another host than the gateway (tcp:// endpoints): the gateway's
+    public key, and this host's key pair (a 0600 `.key_secret` file of `zmq.auth` on the host). Written
+    into specs only by the host's own agent (gateway/hosts/agent.py), from the host's configuration."""
+
+    server_public_key: CurveKey
+    secret_key_file: Path
+
+
 class BusSettings(StrictModel):
     push_endpoint: Endpoint = Field(default_factory=lambda: bus_endpoints(RUN_DIR)[0])  # the gateway's PULL
     control_endpoint: Endpoint = Field(default_factory=lambda: bus_endpoints(RUN_DIR)[1])  # the gateway's ROUTER
@@ -132,6 +145,7 @@ class BusSettings(StrictModel):
     heartbeat_interval_s: float = Field(2.0, gt=0, le=60)
     status_interval_s: float = Field(5.0, gt=0, le=300)
     snapshot_interval_s: float = Field(5.0, gt=0, le=3600)  # latest frame to the gateway, as a small JPEG
+    curve: CurveClient | None = None  # required on tcp:// (another host); None on ipc://
 
 
 class InferenceSettings(StrictModel):
@@ -208,6 +222,9 @@ class WorkerSpec(StrictModel):
     stores: StoreOverrides = StoreOverrides()
     model_cache_dir: Path = Path("build/model-cache")
     model_policy: ModelPolicy = ModelPolicy()
+    # Which placement of the camera this is (gateway/hosts): stamped on every bus message, so the
+    # gateway drops a stale copy's messages after the camera moved hosts. 0: one host, no placement.
+    placement_epoch: int = Field(0, ge=0)
 
     @property
     def slug(self) -> str:

@@ -29,6 +29,10 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from .handover import Moved, Op, OutboxReplica
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS entries (
@@ -66,6 +70,8 @@ class Tx:
     _cur: sqlite3.Cursor
     added: int = 0
     after_commit: list[Callable[[], None]] = field(default_factory=list)
+    record: bool = False  # keep `changes` (for a replica)
+    changes: list[tuple[str, int | str, bytes | None]] = field(default_factory=list)
 
     def append(self, channel: str, payload: bytes, ikey: str | None = None, grp: str | None = None) -> bool:
         """Queue a store write; False when an entry with this idempotency key is already waiting."""
@@ -73,6 +79,8 @@ class Tx:
                           "VALUES (?, ?, ?, ?, ?, ?)", (channel, ikey, grp, payload, len(payload), time.time()))
         if self._cur.rowcount:
             self.added += len(payload)
+            if self.record:
+                self.changes.append(("entry", int(self._cur.lastrowid or 0), _entry_blob(channel, ikey, grp, payload)))
             return True
         return False
 
@@ -85,12 +93,16 @@ class Tx:
         self._cur.execute("INSERT OR REPLACE INTO kv (name, value, size, updated) VALUES (?, ?, ?, ?)",
                           (name, value, len(value), time.time()))
         self.added += len(value) - (row[0] if row else 0)
+        if self.record:
+            self.changes.append(("kv", name, value))
 
     def delete(self, name: str) -> None:
         row = self._cur.execute("SELECT size FROM kv WHERE name = ?", (name,)).fetchone()
         if row:
             self._cur.execute("DELETE FROM kv WHERE name = ?", (name,))
             self.added -= row[0]
+            if self.record:
+                self.changes.append(("kv", name, None))
 
 
 class Outbox:
@@ -110,6 +122,7 @@ class Outbox:
         self.refused = 0  # appends refused at the quota since this process opened the outbox
         self.quota_full = False
         self._notices_maybe_ready = True  # replayed groups may be complete already
+        self.replica: OutboxReplica | None = None  # mirrors every change (handover.py), on several hosts
 
     @classmethod
     def memory(cls, log: logging.Logger | None = None) -> Outbox:
@@ -131,7 +144,7 @@ class Outbox:
         with self._lock:
             cur = self._db.cursor()
             cur.execute("BEGIN IMMEDIATE")
-            tx = Tx(cur)
+            tx = Tx(cur, record=self.replica is not None)
             try:
                 yield tx
                 if tx.added > 0 and self._used + tx.added > self.quota_bytes:
@@ -149,6 +162,8 @@ class Outbox:
             self._used += tx.added
             if tx.added < 0:
                 self._maybe_clear_quota()
+            if self.replica is not None and tx.changes:
+                self.replica.changed(_ops(tx.changes))  # under the lock: the replica sees changes in order
         for callback in tx.after_commit:
             callback()
 
@@ -194,6 +209,8 @@ class Outbox:
             if row:
                 self._used -= int(row[0])
                 self._maybe_clear_quota()
+                if self.replica is not None:
+                    self.replica.changed(_ops([("entry", entry.id, None)]))
             if entry.grp is not None:
                 self._notices_maybe_ready = True
 
@@ -239,6 +256,44 @@ class Outbox:
         with self._lock:
             return [(r[0], r[1], r[2]) for r in self._db.execute("SELECT channel, ikey, error FROM dead ORDER BY id")]
 
+    # -- moving hosts (handover.py) -----------------------------------------------------------------------
+    def snapshot(self) -> tuple[list[tuple[int, str, str | None, str | None, bytes]], dict[str, bytes]]:
+        """Every entry (id, channel, ikey, group, payload) in order, and the named state."""
+        with self._lock:
+            entries = [(int(r[0]), str(r[1]), r[2], r[3], bytes(r[4])) for r in self._db.execute(
+                "SELECT id, channel, ikey, grp, payload FROM entries ORDER BY id")]
+            state = {str(r[0]): bytes(r[1]) for r in self._db.execute("SELECT name, value FROM kv")}
+        return entries, state
+
+    def adopt(self, moved: Moved) -> None:
+        """Become the outbox of the copy this camera moved from: its entries and state replace ours
+        (what is here is of an older placement, whose pending writes that copy held too)."""
+        with self.transaction() as tx:
+            for table in ("entries", "notices", "kv"):
+                tx._cur.execute(f"DELETE FROM {table}")  # fixed table names
+            tx.added = -self._used
+            for channel, ikey, grp, payload in moved.entries:
+                tx.append(channel, payload, ikey, grp)
+            for name, value in moved.state.items():
+                tx.put(name, value)
+            tx.changes.clear()  # a replica attached later pushes the whole outbox
+        self.log.info("outbox: took over %d pending write(s) and %d state item(s) of this camera's previous host",
+                      len(moved.entries), len(moved.state))
+
     def close(self) -> None:
+        if self.replica is not None:
+            self.replica.close()
         with self._lock, contextlib.suppress(sqlite3.Error):
             self._db.close()
+
+
+def _entry_blob(channel: str, ikey: str | None, grp: str | None, payload: bytes) -> bytes:
+    from .handover import entry_value
+
+    return entry_value(channel, ikey, grp, payload)
+
+
+def _ops(changes: list[tuple[str, int | str, bytes | None]]) -> list[Op]:
+    from .handover import Op, entry_field
+
+    return [Op(entry_field(int(key)) if kind == "entry" else f"k:{key}", value) for kind, key, value in changes]

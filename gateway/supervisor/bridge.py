@@ -35,6 +35,7 @@ class ApplyReport:
     replaced: list[str] = field(default_factory=list)
     unchanged: list[str] = field(default_factory=list)
     errors: dict[str, str] = field(default_factory=dict)  # program name (or "write"/"reloadConfig") -> why
+    specs_changed: list[str] = field(default_factory=list)  # programs whose worker spec changed (reload them)
 
     @property
     def ok(self) -> bool:
@@ -61,8 +62,9 @@ class SupervisorBridge:
         """Camera programs only (not the event listener or fixed fleet programs)."""
         return {i.name: i for i in await self.client.all_process_info() if self._mine(i.group)}
 
-    async def apply(self, desired: Mapping[str, ProgramSpec]) -> ApplyReport:
-        """Converge on `desired` (keyed by program name). Never raises for RPC trouble: see `errors`."""
+    async def apply(self, desired: Mapping[str, ProgramSpec], *, write: bool = True) -> ApplyReport:
+        """Converge on `desired` (keyed by program name). Never raises for RPC trouble: see `errors`.
+        `write=False`: the program files are already written (by another host's agent)."""
         async with self._lock:
             report = ApplyReport()
             valid: dict[str, ProgramSpec] = {}
@@ -76,7 +78,8 @@ class SupervisorBridge:
                     report.errors[key] = f"invalid: {err}"
             invalid = set(desired) - set(valid)
             try:
-                await asyncio.to_thread(write_programs, self.conf_dir, valid, prefix=self.prefix, keep=invalid)
+                if write:
+                    await asyncio.to_thread(write_programs, self.conf_dir, valid, prefix=self.prefix, keep=invalid)
             except OSError as err:
                 report.errors["write"] = str(err)
                 return report

@@ -1,4 +1,5 @@
-"""Async client for supervisord's XML-RPC interface over its unix socket.
+"""Async client for supervisord's XML-RPC interface: over its unix socket (this host), or over
+HTTP with basic auth (`HttpSupervisorClient`: another host's `inet_http_server`).
 
 Each call builds a new `ServerProxy` (proxies are not thread-safe) and runs the blocking call in
 a worker thread under `asyncio.wait_for`. supervisor's own transport has no socket timeout, so a
@@ -11,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import http.client
 import socket
+import urllib.parse
 import xmlrpc.client
 from dataclasses import dataclass
 from pathlib import Path
@@ -76,6 +78,7 @@ class SupervisorClient:
     def __init__(self, socket_path: Path, timeout_s: float = 5) -> None:
         self.socket_path = socket_path
         self.timeout_s = timeout_s
+        self.where = str(socket_path)  # for error messages
 
     def _call_blocking(self, method: str, args: tuple[Any, ...], timeout_s: float) -> Any:
         transport = _TimedTransport(self.socket_path, timeout_s)
@@ -92,8 +95,10 @@ class SupervisorClient:
             return await asyncio.wait_for(asyncio.to_thread(self._call_blocking, method, args, limit), limit)
         except xmlrpc.client.Fault as fault:
             raise SupervisorError(fault.faultCode, fault.faultString) from None
-        except (TimeoutError, OSError, http.client.HTTPException, xmlrpc.client.ProtocolError) as err:
-            raise SupervisorUnavailable(f"{method} via {self.socket_path}: {type(err).__name__}: {err}") from None
+        except xmlrpc.client.ProtocolError as err:  # its text holds the URL, credentials included
+            raise SupervisorUnavailable(f"{method} via {self.where}: HTTP {err.errcode} {err.errmsg}") from None
+        except (TimeoutError, OSError, http.client.HTTPException) as err:
+            raise SupervisorUnavailable(f"{method} via {self.where}: {type(err).__name__}: {err}") from None
 
     async def reload_config(self) -> tuple[list[str], list[str], list[str]]:
         """Re-read the config files (applies nothing): (added, changed, removed) group names."""
@@ -137,3 +142,39 @@ class SupervisorClient:
 
     async def shutdown(self) -> None:
         await self.call("supervisor.shutdown")
+
+
+class _TimedHttpTransport(xmlrpc.client.Transport):
+    def __init__(self, timeout_s: float) -> None:
+        super().__init__()
+        self._timeout_s = timeout_s
+
+    def make_connection(self, host: Any) -> http.client.HTTPConnection:
+        conn = super().make_connection(host)
+        conn.timeout = self._timeout_s
+        return conn
+
+
+class HttpSupervisorClient(SupervisorClient):
+    """supervisord of another host, over its `inet_http_server` (http://ADDRESS:PORT) with basic auth.
+
+    An authentication failure is a `SupervisorUnavailable` whose text says so (HTTP 401): the host
+    is then reported as refusing our credentials, not as down."""
+
+    def __init__(self, url: str, username: str, password: str, timeout_s: float = 5) -> None:
+        super().__init__(Path("/nonexistent"), timeout_s)
+        parts = urllib.parse.urlsplit(url)
+        if parts.scheme != "http" or not parts.hostname or parts.username or parts.query or parts.fragment:
+            raise ValueError("a supervisord URL is http://ADDRESS:PORT (credentials are given separately)")
+        user = urllib.parse.quote(username, safe="")
+        secret = urllib.parse.quote(password, safe="")
+        self._url = f"http://{user}:{secret}@{parts.netloc}/RPC2"
+        self.where = f"http://{parts.netloc}"
+
+    def _call_blocking(self, method: str, args: tuple[Any, ...], timeout_s: float) -> Any:
+        transport = _TimedHttpTransport(timeout_s)
+        proxy = xmlrpc.client.ServerProxy(self._url, transport=transport, allow_none=False)
+        try:
+            return getattr(proxy, method)(*args)
+        finally:
+            transport.close()

@@ -7,7 +7,8 @@ A page says what it looks at (`watch`: camera ids; `logs`: one camera's log tail
 (of an action). While any page watches a camera, its worker holds a `Live` lease, renewed here,
 and sends snapshots every `FRAME_INTERVAL_S` instead of every `bus.snapshot_interval_s`.
 
-Actions (`control`: start, stop, restart) go through `Gateway.operate`, the serialized supervisord
+Actions (`control`: start, stop, restart a camera; `host`: drain, undrain a worker host) go through
+`Gateway.operate` / `Gateway.drain_host`, the serialized supervisord
 bridge; a stop is an operator stop, which stays stopped. They exist only as WebSocket messages:
 a WebSocket is opened only by `server.process_request`, after its Host, Origin and authorization
 checks, and a cross-site form can neither open one nor post to this port (GET only).
@@ -53,6 +54,7 @@ HOUR_S = 3600.0
 MAX_WATCH = 256
 MAX_CLIENT_MESSAGE = 64 * 1024
 ACTIONS = ("start", "stop", "restart")
+HOST_ACTIONS = ("drain", "undrain")
 
 
 @dataclass(eq=False)  # a page is itself, kept in a set
@@ -158,6 +160,7 @@ class Dashboard:
             "counts": {"cameras": len(cameras), "online": online, "failing": failing,
                        "stopped": sum(1 for c in cameras if c.get("operator_stopped"))},
             "cameras": cameras,
+            "hosts": gw.supervisor.describe(),
         })
         self._state = (now, text)
         return text
@@ -206,6 +209,14 @@ class Dashboard:
                 lines, page.log_pos, page.log_inode = await asyncio.to_thread(_tail, page.log_file)
                 await page.ws.send(json.dumps({"type": "logs", "camera": page.log_camera, "reset": True,
                                                "lines": lines}))
+        elif op == "host":
+            host, action = msg.get("host"), msg.get("action")
+            ok = isinstance(host, str) and action in HOST_ACTIONS and self.gateway.drain_host(host, action == "drain")
+            if ok:
+                log.info("dashboard: operator %s host %s (from %s)", action, host, page.ws.remote_address)
+            self._state = (0.0, "")
+            await page.ws.send(json.dumps({"type": "result", "id": msg.get("id"), "host": host, "action": action,
+                                           "ok": ok, "error": None if ok else "unknown host or action"}))
         elif op == "control":
             camera, action = msg.get("camera"), msg.get("action")
             if not isinstance(camera, str) or action not in ACTIONS or camera not in plans:

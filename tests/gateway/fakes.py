@@ -28,6 +28,7 @@ from gateway.server import GatewayServer
 from gateway.settings import GatewaySettings
 from gateway.state import CameraState
 from gateway.supervisor.bridge import ApplyReport
+from gateway.supervisor.local import LocalSupervisor
 from gateway.supervisor.programs import ProgramSpec
 from gateway.supervisor.rpc import ProcessInfo
 
@@ -139,7 +140,8 @@ class Harness:
         self.states: dict[str, CameraState] = {}
         self.metrics = GatewayMetrics(lambda: list(self.states.values()))
         self.channel = BackendChannel(self.metrics.backend_dropped.inc)
-        self.gateway = Gateway(settings, desired=desired or DesiredState(settings), supervisor=self.supervisor,
+        self.gateway = Gateway(settings, desired=desired or DesiredState(settings),
+                               supervisor=LocalSupervisor(self.supervisor, settings.specs_dir),
                                bus=GatewayBus(settings.bus.push_endpoint, settings.bus.control_endpoint),
                                backend=self.channel, metrics=self.metrics, states=self.states)
         self.server = GatewayServer(settings, self.gateway, self.channel)

@@ -1,0 +1,279 @@
+"""`HostFleet`: the gateway's supervisord port over several worker hosts.
+
+Each camera runs on exactly one host (placement.py). Its spec and program entry are written on
+that host by the host's agent (agent.py, `fleet.apply`), then the host's supervisord converges
+through the same bridge as on one host, over HTTP. Every placement of a camera gets a new epoch,
+stamped into its spec and from there on every bus message, so after a move the gateway hears only
+the new copy (core.py drops other epochs).
+
+Hosts are asked for `fleet.getInfo` every `check_interval_s`. One that has not answered for
+`down_after_s` is down: the next apply places its cameras on the others. When it answers again,
+the apply that follows converges it on its new share, which stops its stale copies; until then
+their messages are fenced by epoch. Placements (host and epoch per camera, drained hosts) are kept
+in a file, so a restarted gateway moves nothing and never reuses an epoch.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from detector_worker.files import atomic_write
+
+from ..supervisor.bridge import ApplyReport, SupervisorBridge
+from ..supervisor.local import CameraProgram
+from ..supervisor.rpc import HttpSupervisorClient, ProcessInfo, SupervisorError, SupervisorUnavailable
+from .placement import HostView, place
+from .settings import HostSettings, RemoteSettings
+
+log = logging.getLogger("gateway.hosts")
+RPC_ERRORS = (SupervisorError, SupervisorUnavailable)
+UNPLACED = "unplaced: no usable host has a free slot and its labels"
+APPLY_LIMIT_RPCS = 15  # one host's apply may take this many RPC timeouts before it is given up on
+
+
+@dataclass
+class Host:
+    settings: HostSettings
+    client: HttpSupervisorClient
+    bridge: SupervisorBridge
+    up: bool = False
+    last_ok: float = 0.0  # monotonic time of its last answer
+    changed_at: float = field(default_factory=time.time)  # wall time it last went up or down
+    draining: bool = False
+    error: str | None = None  # why it is down (unreachable, credentials refused, ...)
+    cpus: int = 0
+    load1: float = 0.0
+
+    @property
+    def name(self) -> str:
+        return self.settings.name
+
+    def view(self) -> HostView:
+        return HostView(self.name, self.settings.capacity, frozenset(self.settings.labels),
+                        usable=self.up and not self.draining)
+
+
+@dataclass
+class Book:
+    """Where each camera is placed, under which epoch; which hosts are drained. Kept on disk."""
+
+    path: Path
+    cameras: dict[str, tuple[str, int]] = field(default_factory=dict)  # camera id → (host, epoch)
+    drained: set[str] = field(default_factory=set)
+    last_epoch: int = 0
+
+    @classmethod
+    def load(cls, path: Path) -> Book:
+        book = cls(path)
+        with contextlib.suppress(FileNotFoundError):
+            try:
+                data = json.loads(path.read_text())
+                book.cameras = {str(c): (str(h), int(e)) for c, (h, e) in data["cameras"].items()}
+                book.drained = {str(h) for h in data["drained"]}
+                book.last_epoch = max([int(data["last_epoch"]), *(e for _, e in book.cameras.values())])
+            except (ValueError, KeyError, TypeError) as err:
+                log.error("placements in %s unreadable (%s): starting afresh with higher epochs", path, err)
+                book.last_epoch = int(time.time())  # above any epoch the lost file can have handed out
+        return book
+
+    def save(self) -> None:
+        data = {"cameras": self.cameras, "drained": sorted(self.drained), "last_epoch": self.last_epoch}
+        atomic_write(self.path, json.dumps(data, indent=1, sort_keys=True).encode(), mode=0o600)
+
+    def new_epoch(self) -> int:
+        self.last_epoch += 1
+        return self.last_epoch
+
+
+class HostFleet:
+    def __init__(self, hosts: list[HostSettings], remote: RemoteSettings, state_file: Path, *,
+                 labels_of: Callable[[str], frozenset[str]] = lambda camera_id: frozenset()) -> None:
+        self.remote = remote
+        self.hosts: dict[str, Host] = {}
+        for settings in hosts:
+            client = HttpSupervisorClient(settings.url, settings.username, settings.secret(),
+                                          timeout_s=remote.rpc_timeout_s)
+            self.hosts[settings.name] = Host(settings, client, SupervisorBridge(client, Path("/nonexistent")))
+        self.book = Book.load(state_file)
+        for name in self.book.drained & set(self.hosts):
+            self.hosts[name].draining = True
+        self.labels_of = labels_of
+        self.unplaced: list[str] = []
+        self._programs: dict[str, str] = {}  # program name → host, as last applied
+        self._lock = asyncio.Lock()
+        self._on_change: Callable[[], None] = lambda: None
+        self._task: asyncio.Task[None] | None = None
+
+    # -- lifecycle ---------------------------------------------------------------------------------
+    async def open(self, on_change: Callable[[], None]) -> None:
+        """Ask every host once (so the first placement knows who is up), then keep asking."""
+        self._on_change = on_change
+        await asyncio.gather(*(self._check(h) for h in self.hosts.values()))
+        self._task = asyncio.create_task(self._watch(), name="hosts")
+
+    async def close(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+
+    async def _watch(self) -> None:
+        while True:
+            await asyncio.sleep(self.remote.check_interval_s)
+            await asyncio.gather(*(self._check(h) for h in self.hosts.values()))
+
+    async def _check(self, host: Host) -> None:
+        try:
+            info = await host.client.call("fleet.getInfo")
+        except RPC_ERRORS as err:
+            host.error = _why(err)
+            silent = time.monotonic() - host.last_ok
+            if host.up and silent >= self.remote.down_after_s:
+                self._set_up(host, False)
+            elif not host.up and host.last_ok == 0.0 and host.error and "401" in host.error:
+                log.error("host %s refuses the gateway's credentials: %s", host.name, host.error)
+            return
+        host.last_ok = time.monotonic()
+        host.error = None
+        if isinstance(info, dict):
+            host.cpus = int(info.get("cpus", 0) or 0)
+            host.load1 = float(info.get("load1", 0.0) or 0.0)
+        if not host.up:
+            self._set_up(host, True)
+
+    def _set_up(self, host: Host, up: bool) -> None:
+        host.up = up
+        host.changed_at = time.time()
+        if up:
+            log.info("host %s is up", host.name)
+        else:
+            log.error("host %s is down (no answer for %.0f s: %s): moving its cameras", host.name,
+                      self.remote.down_after_s, host.error)
+        self._on_change()
+
+    # -- operations --------------------------------------------------------------------------------
+    def drain(self, name: str, draining: bool = True) -> bool:
+        """Move a host's cameras away (before maintenance), or take it back; False: no such host."""
+        host = self.hosts.get(name)
+        if host is None:
+            return False
+        host.draining = draining
+        (self.book.drained.add if draining else self.book.drained.discard)(name)
+        self.book.save()
+        self._on_change()
+        return True
+
+    def epoch(self, camera_id: str) -> int:
+        placed = self.book.cameras.get(camera_id)
+        return placed[1] if placed else 0
+
+    def host_of(self, camera_id: str) -> str | None:
+        placed = self.book.cameras.get(camera_id)
+        return placed[0] if placed and camera_id not in self.unplaced else None
+
+    def describe(self) -> list[dict[str, Any]]:
+        """Per host: health, capacity and load, for /hosts, the dashboard and metrics."""
+        placed: dict[str, int] = {}
+        for camera_id, (name, _) in self.book.cameras.items():
+            if camera_id not in self.unplaced:
+                placed[name] = placed.get(name, 0) + 1
+        return [{"name": h.name, "up": h.up, "draining": h.draining, "error": h.error,
+                 "capacity": h.settings.capacity, "cameras": placed.get(h.name, 0),
+                 "labels": list(h.settings.labels), "cpus": h.cpus, "load1": h.load1,
+                 "since": h.changed_at} for h in self.hosts.values()]
+
+    # -- applying ----------------------------------------------------------------------------------
+    async def apply_cameras(self, cameras: Mapping[str, CameraProgram]) -> ApplyReport:
+        async with self._lock:
+            current = {c: host for c, (host, _) in self.book.cameras.items()}
+            placement = place({c: self.labels_of(c) for c in cameras}, [h.view() for h in self.hosts.values()],
+                              current)
+            for camera_id, host in placement.assignment.items():
+                if current.get(camera_id) != host:
+                    self.book.cameras[camera_id] = (host, self.book.new_epoch())
+            for camera_id in [c for c in self.book.cameras if c not in cameras]:
+                del self.book.cameras[camera_id]
+            self.book.save()  # before any host hears of an epoch: a restart never hands it out again
+            if placement.moved:
+                log.warning("moved camera(s) to other hosts: %s",
+                            {c: placement.assignment[c] for c in placement.moved})
+            self.unplaced = placement.unplaced
+            shares: dict[str, dict[str, CameraProgram]] = {name: {} for name in self.hosts}
+            for camera_id, host in placement.assignment.items():
+                c = cameras[camera_id]
+                spec = c.spec.model_copy(update={"placement_epoch": self.book.cameras[camera_id][1]})
+                shares[host][camera_id] = CameraProgram(spec, c.program)
+            live = [h for h in self.hosts.values() if h.up]
+            reports = await asyncio.gather(*(self._apply_host(h, shares[h.name]) for h in live))
+            report = ApplyReport()
+            for done, part in zip(live, reports, strict=True):
+                report.added += part.added
+                report.removed += part.removed
+                report.replaced += part.replaced
+                report.unchanged += part.unchanged
+                report.specs_changed += part.specs_changed
+                report.errors.update({f"{done.name}:{k}": v for k, v in part.errors.items()})
+            for camera_id in placement.unplaced:
+                report.errors[cameras[camera_id].program.name] = UNPLACED
+            self._programs = {c.program.name: h for h, share in shares.items() for c in share.values()}
+            return report
+
+    async def _apply_host(self, host: Host, share: Mapping[str, CameraProgram]) -> ApplyReport:
+        request = {c.program.name: {"spec": c.spec.model_dump_json(), "autostart": c.program.autostart,
+                                    "startsecs": c.program.startsecs, "startretries": c.program.startretries,
+                                    "stopwaitsecs": c.program.stopwaitsecs} for c in share.values()}
+        limit = self.remote.rpc_timeout_s * APPLY_LIMIT_RPCS
+        try:
+            written = await host.client.call("fleet.apply", request)
+            report = await asyncio.wait_for(
+                host.bridge.apply({c.program.name: c.program for c in share.values()}, write=False), limit)
+        except (*RPC_ERRORS, TimeoutError) as err:
+            return ApplyReport(errors={"apply": _why(err)})
+        report.specs_changed = [str(n) for n in written.get("changed", [])]
+        report.errors.update({f"write {k}": str(v) for k, v in dict(written.get("errors", {})).items()})
+        return report
+
+    # -- one program ------------------------------------------------------------------------------
+    def _bridge(self, name: str) -> SupervisorBridge:
+        host = self.hosts.get(self._programs.get(name, ""))
+        if host is None or not host.up:
+            raise SupervisorUnavailable(f"{name}: its host is not reachable")
+        return host.bridge
+
+    async def states(self) -> dict[str, ProcessInfo]:
+        """Each camera program as its own host runs it (a moved camera's stale copy is not it)."""
+        live = [h for h in self.hosts.values() if h.up]
+        found = await asyncio.gather(*(h.bridge.states() for h in live), return_exceptions=True)
+        out: dict[str, ProcessInfo] = {}
+        for host, infos in zip(live, found, strict=True):
+            if isinstance(infos, BaseException):
+                continue
+            out.update({n: i for n, i in infos.items() if self._programs.get(n) == host.name})
+        return out
+
+    async def start(self, name: str) -> None:
+        await self._bridge(name).start(name)
+
+    async def stop(self, name: str) -> None:
+        await self._bridge(name).stop(name)
+
+    async def restart(self, name: str) -> None:
+        await self._bridge(name).restart(name)
+
+    async def adopt_or_clean(self, specs_dir: Path) -> list[int]:
+        return []  # each host's own supervisord owns its processes; the agent keeps only what it was given
+
+
+def _why(err: BaseException) -> str:
+    text = str(err) or type(err).__name__
+    if "401" in text:
+        return "credentials refused (HTTP 401): check the host's username/password"
+    return text[:300]

@@ -1,0 +1,83 @@
+"""A camera's outbox mirrored to Redis (real Redis): the host it moves to takes over its pending writes
+and session state; a stale copy is fenced by its placement epoch."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+import redis
+
+from detector_worker.pipeline.handover import Fenced, OutboxReplica
+from detector_worker.pipeline.outbox import Outbox
+
+
+def wait(check: Callable[[], bool], what: str, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        assert time.monotonic() < deadline, what
+        time.sleep(0.02)
+
+
+@pytest.fixture
+def slug(redis_url: str) -> str:
+    name = f"handover-{uuid.uuid4().hex[:8]}"
+    yield name
+    redis.Redis.from_url(redis_url).delete(f"fleet:outbox:{name}")
+
+
+def placed(tmp_path: Path, redis_url: str, slug: str, epoch: int, host: str) -> Outbox:
+    """What open_outbox does for a placed camera: claim, adopt after a move, mirror from then on."""
+    outbox = Outbox(tmp_path / host / f"{slug}.sqlite")
+    replica = OutboxReplica(redis_url, slug, epoch)
+    moved = replica.claim()
+    if moved is not None:
+        outbox.adopt(moved)
+    outbox.replica = replica
+    replica.attach(outbox)
+    return outbox
+
+
+def mirrored(redis_url: str, slug: str) -> dict[bytes, bytes]:
+    return redis.Redis.from_url(redis_url).hgetall(f"fleet:outbox:{slug}")
+
+
+def test_the_next_host_takes_over_pending_writes_and_state(tmp_path: Path, redis_url: str, slug: str) -> None:
+    a = placed(tmp_path, redis_url, slug, 1, "host-a")
+    a.append("redis", b"image-1", ikey="k1", grp="s1")
+    a.append("postgresql", b"row-1", ikey="k2", grp="s1")
+    done = a.append("redis", b"image-0", ikey="k0")
+    assert done
+    a.remove(a.next_entries("redis")[-1])  # committed: gone from the mirror too
+    a.put("session:display-1", b'{"session": "s1"}')
+    wait(lambda: len(mirrored(redis_url, slug)) == 4, "a's outbox mirrored (epoch + 2 entries + 1 state)")
+
+    b = placed(tmp_path, redis_url, slug, 2, "host-b")  # host-a lost: the camera starts on host-b
+    assert [(e.channel, e.ikey, e.payload) for e in b.next_entries("redis") + b.next_entries("postgresql")] == [
+        ("redis", "k1", b"image-1"), ("postgresql", "k2", b"row-1")]
+    assert b.get("session:display-1") == b'{"session": "s1"}'
+
+    # the stale copy comes back: its changes no longer reach the mirror, b's do
+    a.put("session:display-1", b'{"session": "stale"}')
+    wait(lambda: a.replica is not None and a.replica.fenced, "the stale copy fenced")
+    b.put("lane:1", b"[]")
+    wait(lambda: b"k:lane:1" in mirrored(redis_url, slug), "b mirrored")
+    assert mirrored(redis_url, slug)[b"k:session:display-1"] == b'{"session": "s1"}'
+    a.close()
+    b.close()
+
+
+def test_a_stale_copy_cannot_start_and_a_restart_in_place_keeps_its_own_file(tmp_path: Path, redis_url: str,
+                                                                            slug: str) -> None:
+    b = placed(tmp_path, redis_url, slug, 5, "host-b")
+    b.append("redis", b"only-here", ikey="k")
+    b.close()
+    with pytest.raises(Fenced, match="epoch 5"):
+        OutboxReplica(redis_url, slug, 4).claim()
+    again = placed(tmp_path, redis_url, slug, 5, "host-b")  # the same placement restarted (kill -9)
+    assert [e.payload for e in again.next_entries("redis")] == [b"only-here"]
+    wait(lambda: b"epoch" in mirrored(redis_url, slug) and len(mirrored(redis_url, slug)) == 2, "pushed whole")
+    again.close()
