@@ -158,11 +158,11 @@ def open_outbox(spec: WorkerSpec) -> Outbox:
     logger = logging.getLogger("detector_worker.stores")
     outbox = Outbox(outbox_path(spec), int(spec.stores.outbox_quota_mb * 2**20), logger)
     url = spec.stores.redis_url or os.environ.get("REDIS_URL")
-    if not spec.placement_epoch or not url:
+    if not spec.placement_epoch or not spec.fleet_id or not url:
         return outbox
     from .pipeline.handover import Fenced, OutboxReplica
 
-    replica = OutboxReplica(url, spec.slug, spec.placement_epoch, logger)
+    replica = OutboxReplica(url, spec.fleet_id, spec.slug, spec.placement_epoch, logger)
     try:
         moved = replica.claim()
     except Fenced:

@@ -225,6 +225,9 @@ class WorkerSpec(StrictModel):
     # Which placement of the camera this is (gateway/hosts): stamped on every bus message, so the
     # gateway drops a stale copy's messages after the camera moved hosts. 0: one host, no placement.
     placement_epoch: int = Field(0, ge=0)
+    # The fleet that placed it (gateway/hosts; random, kept with the placements): names the camera's
+    # state in shared stores, so fleets sharing a Redis never take each other's camera state.
+    fleet_id: str | None = Field(None, pattern=r"^[a-z0-9]{1,32}$")
 
     @property
     def slug(self) -> str:

@@ -10,7 +10,7 @@ fires again, a bound session takes a second vehicle, a pending result is lost.
 
 So every committed change of the outbox (entries appended and removed, named state put and
 deleted; not the notices, which are at most once anyway) is queued here and written by a
-background thread to one Redis hash per camera, `fleet:outbox:<slug>`, with the writer's epoch:
+background thread to one Redis hash per camera, `fleet:outbox:<fleet id>:<slug>`, with the writer's epoch:
 
 - `claim()` at start, atomically: a newer epoch there means this copy is stale (`Fenced`: the
   worker exits before it sends anything); an older one means a move: the hash's content replaces
@@ -40,7 +40,7 @@ if TYPE_CHECKING:
 
     from .outbox import Outbox
 
-KEY = "fleet:outbox:{slug}"
+KEY = "fleet:outbox:{fleet}:{slug}"
 TTL_S = 7 * 24 * 3600  # a camera away this long starts empty wherever it comes back
 RETRY_S = 1.0
 
@@ -106,8 +106,9 @@ class Moved:
 
 
 class OutboxReplica:
-    def __init__(self, redis_url: str, slug: str, epoch: int, log: logging.Logger | None = None) -> None:
-        self.key = KEY.format(slug=slug)
+    def __init__(self, redis_url: str, fleet_id: str, slug: str, epoch: int,
+                 log: logging.Logger | None = None) -> None:
+        self.key = KEY.format(fleet=fleet_id, slug=slug)
         self.epoch = epoch
         self.log = log or logging.getLogger(__name__)
         self._url = redis_url

@@ -20,6 +20,7 @@ import contextlib
 import json
 import logging
 import time
+import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -69,6 +70,7 @@ class Book:
     cameras: dict[str, tuple[str, int]] = field(default_factory=dict)  # camera id → (host, epoch)
     drained: set[str] = field(default_factory=set)
     last_epoch: int = 0
+    fleet_id: str = field(default_factory=lambda: uuid.uuid4().hex[:16])  # this fleet, in shared stores
 
     @classmethod
     def load(cls, path: Path) -> Book:
@@ -79,17 +81,19 @@ class Book:
                 book.cameras = {str(c): (str(h), int(e)) for c, (h, e) in data["cameras"].items()}
                 book.drained = {str(h) for h in data["drained"]}
                 book.last_epoch = max([int(data["last_epoch"]), *(e for _, e in book.cameras.values())])
+                book.fleet_id = str(data["fleet_id"])
             except (ValueError, KeyError, TypeError) as err:
-                log.error("placements in %s unreadable (%s): starting afresh with higher epochs", path, err)
-                book.last_epoch = int(time.time())  # above any epoch the lost file can have handed out
+                log.error("placements in %s unreadable (%s): starting afresh", path, err)
         return book
 
     def save(self) -> None:
-        data = {"cameras": self.cameras, "drained": sorted(self.drained), "last_epoch": self.last_epoch}
+        data = {"cameras": self.cameras, "drained": sorted(self.drained), "last_epoch": self.last_epoch,
+                "fleet_id": self.fleet_id}
         atomic_write(self.path, json.dumps(data, indent=1, sort_keys=True).encode(), mode=0o600)
 
     def new_epoch(self) -> int:
-        self.last_epoch += 1
+        """Higher than any before, even if the file was lost: milliseconds of the wall clock at least."""
+        self.last_epoch = max(self.last_epoch + 1, int(time.time() * 1000))
         return self.last_epoch
 
 
@@ -209,7 +213,8 @@ class HostFleet:
             shares: dict[str, dict[str, CameraProgram]] = {name: {} for name in self.hosts}
             for camera_id, host in placement.assignment.items():
                 c = cameras[camera_id]
-                spec = c.spec.model_copy(update={"placement_epoch": self.book.cameras[camera_id][1]})
+                spec = c.spec.model_copy(update={"placement_epoch": self.book.cameras[camera_id][1],
+                                                 "fleet_id": self.book.fleet_id})
                 shares[host][camera_id] = CameraProgram(spec, c.program)
             live = [h for h in self.hosts.values() if h.up]
             reports = await asyncio.gather(*(self._apply_host(h, shares[h.name]) for h in live))

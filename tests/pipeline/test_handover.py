@@ -26,13 +26,13 @@ def wait(check: Callable[[], bool], what: str, timeout: float = 10.0) -> None:
 def slug(redis_url: str) -> str:
     name = f"handover-{uuid.uuid4().hex[:8]}"
     yield name
-    redis.Redis.from_url(redis_url).delete(f"fleet:outbox:{name}")
+    redis.Redis.from_url(redis_url).delete(f"fleet:outbox:testfleet:{name}")
 
 
 def placed(tmp_path: Path, redis_url: str, slug: str, epoch: int, host: str) -> Outbox:
     """What open_outbox does for a placed camera: claim, adopt after a move, mirror from then on."""
     outbox = Outbox(tmp_path / host / f"{slug}.sqlite")
-    replica = OutboxReplica(redis_url, slug, epoch)
+    replica = OutboxReplica(redis_url, "testfleet", slug, epoch)
     moved = replica.claim()
     if moved is not None:
         outbox.adopt(moved)
@@ -42,7 +42,7 @@ def placed(tmp_path: Path, redis_url: str, slug: str, epoch: int, host: str) -> 
 
 
 def mirrored(redis_url: str, slug: str) -> dict[bytes, bytes]:
-    return redis.Redis.from_url(redis_url).hgetall(f"fleet:outbox:{slug}")
+    return redis.Redis.from_url(redis_url).hgetall(f"fleet:outbox:testfleet:{slug}")
 
 
 def test_the_next_host_takes_over_pending_writes_and_state(tmp_path: Path, redis_url: str, slug: str) -> None:
@@ -76,7 +76,7 @@ def test_a_stale_copy_cannot_start_and_a_restart_in_place_keeps_its_own_file(tmp
     b.append("redis", b"only-here", ikey="k")
     b.close()
     with pytest.raises(Fenced, match="epoch 5"):
-        OutboxReplica(redis_url, slug, 4).claim()
+        OutboxReplica(redis_url, "testfleet", slug, 4).claim()
     again = placed(tmp_path, redis_url, slug, 5, "host-b")  # the same placement restarted (kill -9)
     assert [e.payload for e in again.next_entries("redis")] == [b"only-here"]
     wait(lambda: b"epoch" in mirrored(redis_url, slug) and len(mirrored(redis_url, slug)) == 2, "pushed whole")

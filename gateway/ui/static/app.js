@@ -73,7 +73,7 @@
   }
   function statRows(c) {
     return [
-      ["process", (c.process_state || "–") + (c.pid ? " (" + c.pid + ")" : "")],
+      ["process", (c.process_state || "–") + (c.pid ? " (" + c.pid + ")" : "") + (c.host ? " on " + c.host : "")],
       ["stream", c.stream_online ? "online" : "offline"],
       ["fps", fmt(c.fps, 1)],
       ["inference", fmt(c.inference_ms, 1) + " ms"],
@@ -108,6 +108,7 @@
     $("h-host").replaceChildren("host CPU ", el("b", "", fmt(g.host_cpu_percent, 0) + " %"),
       " · memory ", el("b", "", fmt(g.host_memory_percent, 0) + " %"));
     document.body.dataset.cameras = String(n.cameras);
+    renderHosts(msg.hosts || []);
     renderFleet(msg.cameras);
     renderCamera(msg.cameras);
     subscribe();
@@ -145,6 +146,27 @@
       fillStats(t.stats, c);
     }
     for (const [id, t] of tiles) if (!seen.has(id)) { t.root.remove(); tiles.delete(id); }
+  }
+
+  function renderHosts(hosts) {
+    $("hosts").hidden = hosts.length === 0;
+    $("host-list").replaceChildren(...hosts.map((h) => {
+      const box = el("div", "host" + (h.up ? "" : " down") + (h.draining ? " draining" : ""));
+      box.dataset.host = h.name;
+      const state = !h.up ? ["DOWN", "bad"] : h.draining ? ["DRAINING", "warn"] : ["UP", "ok"];
+      const b = el("button", "", h.draining ? "Undrain" : "Drain");
+      b.dataset.hostAction = h.draining ? "undrain" : "drain";
+      b.addEventListener("click", () => {
+        const id = nextId++;
+        pending.set(id, b);
+        b.disabled = true;
+        send({op: "host", host: h.name, action: b.dataset.hostAction, id: id});
+      });
+      box.append(el("b", "", h.name), el("span", "badge " + state[1], state[0]),
+        el("small", "", h.cameras + "/" + h.capacity + " cameras · load " + fmt(h.load1, 2) +
+          (h.error ? " · " + h.error : "")), b);
+      return box;
+    }));
   }
 
   function renderCamera(cameras) {
@@ -276,6 +298,11 @@
   function onResult(msg) {
     const button = pending.get(msg.id);
     pending.delete(msg.id);
+    if (msg.host !== undefined) {
+      $("host-result").textContent = msg.ok ? msg.action + " " + msg.host + ": done" : "failed: " + msg.error;
+      $("host-result").className = "result " + (msg.ok ? "ok" : "bad");
+      return;
+    }
     document.querySelectorAll("#camera button[data-action]").forEach((b) => { b.disabled = false; });
     $("cam-result").textContent = msg.ok ? msg.action + " " + msg.camera + ": done"
       : (button ? button.dataset.action + ": " : "") + "failed: " + msg.error;
