@@ -18,6 +18,9 @@ background thread to one Redis hash per camera, `fleet:outbox:<fleet id>:<slug>`
   refused; the same epoch is a restart in place: the local file is the truth and is pushed whole.
 - every batch of changes is written by one Lua script that first checks the epoch, so a stale
   copy that comes back from a partition can never overwrite the new copy's state.
+- the store writers ask `is_fenced()` before every write (the epoch read at most once a second):
+  a stale copy back from a partition writes nothing it made after the new copy took over (what it
+  had before, the new copy took over and writes itself; writes are idempotent).
 - Redis unreachable: changes wait; once it answers again the whole outbox is pushed (a resync),
   so nothing in between is missed. Writes to the stores never wait for the mirror.
 
@@ -31,6 +34,7 @@ import json
 import logging
 import queue
 import threading
+import time
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -41,6 +45,7 @@ if TYPE_CHECKING:
     from .outbox import Outbox
 
 KEY = "fleet:outbox:{fleet}:{slug}"
+FENCE_CHECK_S = 1.0  # how stale the writers' view of the epoch may be
 TTL_S = 7 * 24 * 3600  # a camera away this long starts empty wherever it comes back
 RETRY_S = 1.0
 
@@ -117,6 +122,7 @@ class OutboxReplica:
         self._outbox: Outbox | None = None
         self._resync = True  # push the whole outbox first, and again after Redis was away
         self.fenced = False
+        self._checked = 0.0  # monotonic time of the last epoch check
         self._thread: threading.Thread | None = None
 
     def _redis(self) -> redis.Redis:
@@ -143,6 +149,27 @@ class OutboxReplica:
         entries = sorted(((int(k[2:]), v) for k, v in fields.items() if k.startswith(b"e:")))
         return Moved([parse_entry(bytes(v)) for _, v in entries],
                      {k[2:].decode(): bytes(v) for k, v in fields.items() if k.startswith(b"k:")})
+
+    def is_fenced(self) -> bool:
+        """Whether a newer copy of this camera took over (asked of Redis at most every FENCE_CHECK_S;
+        when Redis can't be asked, the last answer)."""
+        if self.fenced:
+            return True
+        now = time.monotonic()
+        if now - self._checked >= FENCE_CHECK_S:
+            self._checked = now
+            try:
+                current = self._redis().hget(self.key, "epoch")
+            except Exception:  # unreachable: the write itself will find out
+                return False
+            if current is not None and int(current) > self.epoch:
+                self._fence(int(current))
+        return self.fenced
+
+    def _fence(self, newer: int) -> None:
+        self.fenced = True
+        self.log.error("placement epoch %d of this camera runs elsewhere (this copy's is %d): this copy is stale, "
+                       "it writes and mirrors nothing more and will be stopped", newer, self.epoch)
 
     def attach(self, outbox: Outbox) -> None:
         """Mirror `outbox` from now on (its whole content first)."""
@@ -205,6 +232,4 @@ class OutboxReplica:
         for op in ops:
             args += ["d", op.field] if op.value is None else ["s", op.field, op.value]
         if not self._redis().eval(_APPLY, 1, self.key, *args):
-            self.fenced = True
-            self.log.error("outbox mirror: a newer placement of this camera runs elsewhere: no longer mirrored "
-                           "(this copy is stale and will be stopped)")
+            self._fence(int(self._redis().hget(self.key, "epoch") or 0))

@@ -257,6 +257,10 @@ class Outbox:
             return [(r[0], r[1], r[2]) for r in self._db.execute("SELECT channel, ikey, error FROM dead ORDER BY id")]
 
     # -- moving hosts (handover.py) -----------------------------------------------------------------------
+    def fenced(self) -> bool:
+        """A newer placement of this camera took over (several hosts): write nothing more."""
+        return self.replica is not None and self.replica.is_fenced()
+
     def snapshot(self) -> tuple[list[tuple[int, str, str | None, str | None, bytes]], dict[str, bytes]]:
         """Every entry (id, channel, ikey, group, payload) in order, and the named state."""
         with self._lock:

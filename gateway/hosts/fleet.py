@@ -138,12 +138,12 @@ class HostFleet:
         try:
             info = await host.client.call("fleet.getInfo")
         except RPC_ERRORS as err:
-            host.error = _why(err)
-            silent = time.monotonic() - host.last_ok
-            if host.up and silent >= self.remote.down_after_s:
+            why = _why(err)
+            if why != host.error and not host.up:
+                log.error("host %s: %s", host.name, why)  # once per new reason, not every check
+            host.error = why
+            if host.up and time.monotonic() - host.last_ok >= self.remote.down_after_s:
                 self._set_up(host, False)
-            elif not host.up and host.last_ok == 0.0 and host.error and "401" in host.error:
-                log.error("host %s refuses the gateway's credentials: %s", host.name, host.error)
             return
         host.last_ok = time.monotonic()
         host.error = None

@@ -3,6 +3,7 @@ and session state; a stale copy is fenced by its placement epoch."""
 
 from __future__ import annotations
 
+import logging
 import time
 import uuid
 from collections.abc import Callable
@@ -81,3 +82,25 @@ def test_a_stale_copy_cannot_start_and_a_restart_in_place_keeps_its_own_file(tmp
     assert [e.payload for e in again.next_entries("redis")] == [b"only-here"]
     wait(lambda: b"epoch" in mirrored(redis_url, slug) and len(mirrored(redis_url, slug)) == 2, "pushed whole")
     again.close()
+
+
+def test_a_fenced_copy_writes_nothing_more_to_the_stores(tmp_path: Path, redis_url: str, slug: str) -> None:
+    from detector_worker.pipeline.sinks import SaveImage, redis_writer
+
+    a = placed(tmp_path, redis_url, slug, 1, "host-a")
+    writer = redis_writer(redis_url, logging.getLogger("test"), a)
+    key = f"{slug}:image"
+    try:
+        assert writer.submit(SaveImage(key, b"first", 60))
+        assert writer.flush(10)
+        b = placed(tmp_path, redis_url, slug, 2, "host-b")  # the camera moved: a is stale from now on
+        time.sleep(1.1)  # a's writers look at the epoch at most once a second
+        assert writer.submit(SaveImage(key, b"stale", 60))
+        assert writer.flush(10)
+        assert redis.Redis.from_url(redis_url).get(key) == b"first"
+        assert any("fenced" in error for _, _, error in a.dead())
+        b.close()
+    finally:
+        writer.close()
+        a.close()
+        redis.Redis.from_url(redis_url).delete(key)
