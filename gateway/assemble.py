@@ -81,7 +81,7 @@ def assemble(settings: GatewaySettings) -> Assembled:
     remote: RemoteBus | None = None
     if settings.hosts:
         fleet = HostFleet(settings.hosts, settings.remote, settings.specs_dir.parent / "placements.json",
-                          labels_of=desired.host_labels)
+                          settings.specs_dir, labels_of=desired.host_labels)
         metrics.watch_hosts(fleet.describe)
         supervisor = fleet
         assert settings.remote.secret_key_file is not None  # GatewaySettings requires it with hosts

@@ -29,7 +29,7 @@ from typing import Any
 from detector_worker.files import atomic_write
 
 from ..supervisor.bridge import ApplyReport, SupervisorBridge
-from ..supervisor.local import CameraProgram
+from ..supervisor.local import CameraProgram, remove_other_spec_files, write_spec_files
 from ..supervisor.rpc import HttpSupervisorClient, ProcessInfo, SupervisorError, SupervisorUnavailable
 from .placement import HostView, place
 from .settings import HostSettings, RemoteSettings
@@ -98,9 +98,10 @@ class Book:
 
 
 class HostFleet:
-    def __init__(self, hosts: list[HostSettings], remote: RemoteSettings, state_file: Path, *,
+    def __init__(self, hosts: list[HostSettings], remote: RemoteSettings, state_file: Path, specs_dir: Path, *,
                  labels_of: Callable[[str], frozenset[str]] = lambda camera_id: frozenset()) -> None:
         self.remote = remote
+        self.specs_dir = specs_dir  # a copy of every spec here too: a restarted gateway inherits them
         self.hosts: dict[str, Host] = {}
         for settings in hosts:
             client = HttpSupervisorClient(settings.url, settings.username, settings.secret(),
@@ -216,8 +217,11 @@ class HostFleet:
                 spec = c.spec.model_copy(update={"placement_epoch": self.book.cameras[camera_id][1],
                                                  "fleet_id": self.book.fleet_id})
                 shares[host][camera_id] = CameraProgram(spec, c.program)
+            specs = {c.program.name: c.spec for c in cameras.values()}
+            await asyncio.to_thread(write_spec_files, self.specs_dir, specs)  # what runs, as on one host
             live = [h for h in self.hosts.values() if h.up]
             reports = await asyncio.gather(*(self._apply_host(h, shares[h.name]) for h in live))
+            await asyncio.to_thread(remove_other_spec_files, self.specs_dir, {s.slug for s in specs.values()})
             report = ApplyReport()
             for done, part in zip(live, reports, strict=True):
                 report.added += part.added
