@@ -135,7 +135,7 @@ def plan(settings: GatewaySettings, cameras: CamerasFile | None, subscriptions: 
             camera_id=camera_id, source=source, subscriptions=current, max_fps=settings.max_fps,
             stall_timeout_s=max(10.0, source.snapshot_interval_ms / 1000 + source.read_timeout_s + 5)
             if source.kind == "snapshot" else 10.0,
-            inference=settings.inference, resource_limits=settings.resource_limits, **common,
+            inference=settings.inference, motion=settings.motion, resource_limits=settings.resource_limits, **common,
         ), "backend", ids)
     return out, refusals
 

@@ -14,7 +14,7 @@ from pathlib import Path
 from pydantic import Field, ValidationError, model_validator
 
 from detector_worker.config.base import SpecError, StrictModel, describe_validation_error, read_yaml_file
-from detector_worker.config.spec import BusSettings, InferenceSettings, ModelPolicy, ResourceLimits
+from detector_worker.config.spec import BusSettings, InferenceSettings, ModelPolicy, MotionSettings, ResourceLimits
 
 from .hosts.settings import HostSettings, RemoteSettings, check_hosts
 
@@ -70,6 +70,7 @@ class GatewaySettings(StrictModel):
     session_processes: SessionProcesses = SessionProcesses()
     resource_limits: ResourceLimits = ResourceLimits()
     inference: InferenceSettings = InferenceSettings()
+    motion: MotionSettings = MotionSettings()  # motion gating of the backend's cameras (cameras.yaml sets its own)
     max_fps: float | None = Field(5.0, gt=0, le=120)  # for the backend's cameras
     redis_url: str | None = None  # overrides archives' own store settings (else REDIS_URL)
     database_url: str | None = None  # (else DATABASE_URL)

@@ -171,11 +171,6 @@ stdout_logfile={base}/logs/gateway_stdout.log
         headers = {"Authorization": f"Bearer {self.token}"} if self.token else None
         return connect(f"ws://127.0.0.1:{self.port}/", additional_headers=headers, open_timeout=5)
 
-    def connect_live(self) -> ClientConnection:
-        """The dashboard's WebSocket (/ui/live): the operator's actions."""
-        headers = {"Authorization": f"Bearer {self.token}"} if self.token else None
-        return connect(f"ws://127.0.0.1:{self.port}/ui/live", additional_headers=headers, open_timeout=5)
-
     @staticmethod
     def wait_for(predicate: Callable[[], Any], timeout: float, what: str) -> Any:
         deadline = time.monotonic() + timeout

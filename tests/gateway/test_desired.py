@@ -185,3 +185,16 @@ def test_an_inherited_subscription_keeps_its_definition_when_the_new_one_is_refu
     assert desired.plans["cam"].displays == ["d1", "d2"], "the refused redefinition keeps the running one"
     desired.replace_backend([sub("d2", "cam")], keep=["d1;cam"])  # the parser refused d1's new item
     assert desired.plans["cam"].displays == ["d1", "d2"]
+
+
+def test_the_backends_cameras_take_the_gateways_motion_and_static_ones_their_own(tmp_path: Path) -> None:
+    settings = settings_for(tmp_path, motion={"enabled": False, "recheck_s": 5})
+    cameras = CamerasFile.model_validate({
+        "defaults": {"pipeline": "/m.mpta"},
+        "cameras": {"cam": {"source": {"kind": "rtsp", "url": "rtsp://10.0.0.1/x"}, "displays": ["static"],
+                            "host_labels": ["gpu"]}}})
+    plans, _ = plan(settings, cameras, [sub("d1", "other")])
+    assert not plans["other"].spec.motion.enabled and plans["other"].spec.motion.recheck_s == 5
+    assert plans["cam"].spec.motion.enabled  # cameras.yaml's own (default) block
+    desired = DesiredState(settings, cameras)
+    assert desired.host_labels("cam") == frozenset({"gpu"}) and desired.host_labels("other") == frozenset()

@@ -51,7 +51,17 @@ class LoopbackHost:
         self.proc = subprocess.Popen([str(Path(sys.executable).parent / "supervisord"), "-n", "-c",
                                       str(self.root / "supervisord.conf")], stdout=subprocess.DEVNULL,
                                      stderr=subprocess.DEVNULL, start_new_session=True)
-        time.sleep(0.5)
+        import xmlrpc.client
+
+        proxy = xmlrpc.client.ServerProxy(f"http://fleet:{PASSWORD}@127.0.0.1:{self.port}/RPC2")
+        deadline = time.monotonic() + 20
+        while True:
+            try:
+                proxy.fleet.getInfo()
+                return
+            except (OSError, xmlrpc.client.Error):
+                assert time.monotonic() < deadline, f"{self.name}'s supervisord did not answer"
+                time.sleep(0.05)
 
     def stop(self) -> None:
         if self.proc is not None:

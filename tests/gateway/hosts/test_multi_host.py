@@ -137,8 +137,9 @@ def test_twelve_cameras_spread_over_three_hosts_all_detect_and_a_drain_moves_the
         # drain host-c: its cameras move to the others (capacity 6 each), each runs once all along
         moving = site.hosts[2].running()
         t0 = time.monotonic()
-        with site.fleet.connect_live() as live:
-            live.send(json.dumps({"op": "host", "host": "host-c", "action": "drain", "id": 1}))
+        drain = subprocess.run([sys.executable, str(ROOT / "scripts/drain_host.py"), "host-c", "--gateway",
+                                f"ws://127.0.0.1:{site.fleet.port}", "--wait", "60"], capture_output=True, text=True)
+        assert drain.returncode == 0, drain.stderr
         wait_until(lambda: not site.hosts[2].running() and _running_once(site, 12), 60, "host-c drained")
         say(f"drain: {len(moving)} cameras moved in {time.monotonic() - t0:.1f} s")
         assert {h.name: len(h.running()) for h in site.hosts} == {"host-a": 6, "host-b": 6, "host-c": 0}
