@@ -9,8 +9,9 @@ worker says `hello` on it at start (and again until the gateway answers), and th
 answers with the camera's full `control` state, so a worker that starts or restarts late
 still learns its displays' session ids.
 
-Across hosts (tcp:// endpoints) both sockets use CURVE: the gateway's public key and this host's
-key pair (`spec.bus.curve`), so the link is encrypted and only allow-listed hosts get in. Every
+Across hosts (the gateway's `remote.listen_*` endpoints, which accept nothing else) both sockets
+use CURVE: the gateway's public key and this host's key pair (`spec.bus.curve`), so the link is
+encrypted and only allow-listed hosts get in. Every
 message carries the spec's placement epoch, and the control identity includes it, so a stale copy
 of a camera that moved (its host was cut off and came back) can neither be heard nor take over
 the new copy's control identity.
@@ -54,8 +55,6 @@ class WorkerBus:
         self.camera_id = camera_id
         self.epoch = epoch
         self.log = log or logging.getLogger(__name__)
-        if curve is None and any(e.startswith("tcp://") for e in (push_endpoint, control_endpoint)):
-            raise ValueError("a tcp:// bus needs CURVE keys (bus.curve): the gateway accepts no plain TCP")
         self._ctx = zmq.Context(io_threads=1)  # this process's own context: nothing shared with anyone
         self._push = self._ctx.socket(zmq.PUSH)
         if curve is not None:
