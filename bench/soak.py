@@ -25,7 +25,7 @@ from detector_worker.pipeline.export import prepare_archive_dir
 from detector_worker.synthetic.video import make_clip
 from tests.faults.conftest import MODEL_URL, STOP_CLIP_SEED
 from tests.faults.harness import RecordingBackend, program_pid, wait_until, workers_by_slug
-from tests.faults.test_exactly_once import PATCH, account
+from tests.faults.test_exactly_once import PATCH, account, sample_keys
 from tests.fleet import Fleet, subscription
 from tests.rtsp import RtspServer
 
@@ -62,7 +62,9 @@ def main() -> int:
             end = t0 + args.minutes * 60
             next_kill = t0 + args.kill_every_s if args.kill_every_s else float("inf")
             kills = 0
+            seen: dict[str, set[str]] = {}  # image keys as they are written: they expire (600 s) within the hour
             while time.monotonic() < end:
+                sample_keys(seen, backend, displays, redis_url)
                 rss = fds = 0
                 for pids in workers_by_slug(fleet).values():
                     for pid in pids:
@@ -81,7 +83,7 @@ def main() -> int:
                     next_kill += args.kill_every_s
                 time.sleep(10)
             time.sleep(15)
-            counts = account(backend, displays, redis_url, database_url, clip, timeout=60)
+            counts = account(backend, displays, redis_url, database_url, clip, timeout=60, seen=seen)
         finally:
             backend.close()
             fleet.stop()
