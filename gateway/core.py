@@ -377,8 +377,10 @@ class Gateway:
             if program is None or camera_id in self.desired.operator_stopped or state.process_state != "RUNNING":
                 continue
             why = None
-            if state.silent_for() > timeout:
+            if state.heard and state.silent_for() > timeout:
                 why = f"no heartbeat for {state.silent_for():.0f} s while its process runs"
+            elif not state.heard and state.silent_for() > startup:
+                why = f"no word for {state.silent_for():.0f} s since its process started (startup_timeout)"
             elif state.starting_for() > startup:
                 why = f"still {state.phase} after {state.starting_for():.0f} s (startup_timeout)"
             if why is not None:

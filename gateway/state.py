@@ -48,6 +48,9 @@ class CameraState:
     detections: int = 0
     # an operator stopped this camera's worker: set by the gateway from its desired state, which owns it
     operator_stopped: bool = False
+    # the current process has sent a heartbeat: until then it is importing its libraries (seconds, more on a
+    # loaded host), so only startup_timeout applies, not heartbeat_timeout
+    heard: bool = False
     host: str | None = None  # the worker host it is placed on (None: this one, or unplaced); gateway/hosts
     last_heartbeat: float | None = None  # monotonic
     worker_pid: int | None = None
@@ -79,6 +82,7 @@ class CameraState:
 
     def on_heartbeat(self, msg: Heartbeat) -> None:
         self.last_heartbeat = time.monotonic()
+        self.heard = True
         self.worker_pid = msg.pid
         if msg.phase != self.phase:
             self.phase, self.phase_since = msg.phase, time.monotonic()
@@ -106,6 +110,7 @@ class CameraState:
             self.last_heartbeat = time.monotonic()  # give a fresh process its full heartbeat timeout
         if state in ("STARTING", "BACKOFF") or (state == "RUNNING" and self.pid != pid):
             self.phase, self.phase_detail, self.phase_since = "starting", None, time.monotonic()  # a new process
+            self.heard = False
         else:
             self.stream_online = False
         self.process_state, self.pid = state, pid if state == "RUNNING" else None

@@ -212,6 +212,7 @@ async def test_hung_workers_are_restarted_through_the_bridge_unless_an_operator_
         assert await h.gateway.operate("cam-2", "stop") is None
         for state in h.states.values():
             state.process_state = "RUNNING"
+            state.heard = True  # it had sent heartbeats, then went silent
             state.last_heartbeat = time.monotonic() - 60
         await h.gateway.restart_hung()
         assert ("restart", "camera-cam-1") in h.supervisor.calls
@@ -308,6 +309,25 @@ async def test_a_starting_worker_is_not_hung_until_its_startup_timeout(tmp_path:
         await h.gateway.restart_hung()
         assert ("restart", "camera-cam-1") not in h.supervisor.calls
         state.phase_since -= 2  # past startup_timeout
+        await h.gateway.restart_hung()
+        assert ("restart", "camera-cam-1") in h.supervisor.calls
+
+
+@run_async
+async def test_a_process_still_importing_is_not_hung_until_its_startup_timeout(tmp_path: Path) -> None:
+    # seen in CI: 12 workers starting at once on a loaded machine took > 15 s to their first heartbeat, and the
+    # heartbeat timeout restarted them again and again
+    settings = settings_for(tmp_path, session_processes={"heartbeat_timeout": 2, "startup_timeout": 30})
+    async with Harness(settings) as h:
+        await h.send({"type": "subscribe", "payload": sub("d1", "cam-1")})
+        await h.applied()
+        await h.gateway.reconcile()
+        state = h.states["cam-1"]
+        assert state.process_state == "RUNNING" and not state.heard
+        state.last_heartbeat = time.monotonic() - 20  # silent since it started, within startup_timeout
+        await h.gateway.restart_hung()
+        assert ("restart", "camera-cam-1") not in h.supervisor.calls
+        state.last_heartbeat = time.monotonic() - 31
         await h.gateway.restart_hung()
         assert ("restart", "camera-cam-1") in h.supervisor.calls
 
