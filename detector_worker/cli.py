@@ -20,7 +20,6 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from . import __version__
-from .config.cameras_file import load_cameras_file
 from .config.spec import BusSettings, SpecError, WorkerSpec, load_spec
 
 EXIT_BAD_SPEC = 78  # EX_CONFIG (sysexits.h); 2 stays argparse's usage error
@@ -31,6 +30,8 @@ def _spec_loader(args: argparse.Namespace) -> Callable[[], WorkerSpec]:
         return lambda: load_spec(args.spec)
 
     def from_cameras() -> WorkerSpec:
+        from .config.cameras_file import load_cameras_file  # a hand-run camera only: not on a spec's start
+
         cameras = load_cameras_file(args.cameras)
         bus = BusSettings(push_endpoint=args.push, control_endpoint=args.control)
         return cameras.worker_spec(args.camera, bus=bus, base_dir=args.cameras.resolve().parent)

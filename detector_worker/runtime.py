@@ -116,18 +116,19 @@ class Worker:
         self.started = time.monotonic()
         # heartbeats (phase "starting", "fetching", ...) from here on: a long fetch is not a hang
         try:
+            self.reader = self._start_reader()  # the stream opens while the models load, not after them
             with StartupBeats(self.bus, spec.camera_id, self.started, spec.bus.heartbeat_interval_s) as beats:
                 self.outbox = open_outbox(spec)  # the camera's durable store writes and session state
                 self.pipelines: Pipelines = self._build(spec, beats.progress)
         except BaseException:
             # a worker that cannot start must still exit: an open ZeroMQ context blocks the interpreter's exit
+            if getattr(self, "reader", None) is not None:
+                self.reader.stop(timeout=0.3)
             if getattr(self, "outbox", None) is not None:
                 self.outbox.close()
             self.bus.close()
             raise
-        self.pipelines.start()
         self.control_state: dict[str, tuple[int | str | None, str | None]] = {}
-        self.reader = self._start_reader()
         self._last_seq: int | None = None  # the current reader's last frame taken
         self._past_reconnects = self._past_stalls = 0  # of readers replaced by a reload
         self._past_store_failed = 0  # of pipelines replaced by a reload
@@ -192,18 +193,20 @@ class Worker:
                 if self.flags.reload:
                     self.flags.reload = False
                     self._reload()
-                changed = self._drain_status()
                 self._send_committed_results()
                 if now >= next_beat:
                     self.bus.send(Heartbeat(camera=self.spec.camera_id, sent_at=time.time(), pid=os.getpid(),
                                             uptime_s=now - self.started))
                     next_beat = now + self.spec.bus.heartbeat_interval_s
+                frame = self.reader.latest(after_seq=self._last_seq, timeout=TICK_S)
+                changed = self._drain_status()  # told before the frame is processed (the first one is slow)
+                if changed:  # the camera's first word (frame or failure) starts the stores; a no-op after that
+                    self.pipelines.start()  # until then what an earlier run left waits in the outbox, durable
                 if changed or now >= next_status:
                     self._send_status()
                     next_status = now + self.spec.bus.status_interval_s
                     if self._over_memory():
                         return EXIT_MEMORY
-                frame = self.reader.latest(after_seq=self._last_seq, timeout=TICK_S)
                 if frame is not None:
                     self._last_seq = frame.seq
                     self._process(frame.image, frame.seq, frame.captured_at)

@@ -52,3 +52,9 @@ if [ ! -f "$stamp" ]; then
   rm -f .venv/.bootstrap-*
   touch "$stamp"
 fi
+
+# The project's own modules as bytecode (stale ones are recompiled, as Python would): a worker
+# restarted after a kill -9 then does not compile ~40 modules from source (~0.1 s of its start)
+# where Python writes no bytecode itself (PYTHONDONTWRITEBYTECODE). Quick when nothing changed.
+# Only a speed-up: a file that does not compile is left to ruff and the tests to report.
+.venv/bin/python -m compileall -qq detector_worker gateway || true

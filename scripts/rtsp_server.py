@@ -7,9 +7,14 @@ Run with Debian's python (needs python3-gi + gst-rtsp-server), not the venv:
         --stream cam1=/path/a.mp4 --stream cam2=/path/b.mp4
 
 Design: each file's H.264 access units are demuxed once into memory at
-start-up, then pushed one per frame interval into a shared live appsrc
-pipeline.  No decode/re-encode, so CPU use is negligible.  Looping back to AU 0
-is only decodable if the file starts with a keyframe and has no B-frames.
+start-up.  Each stream is a live "camera": a clock that starts with the first
+client and from then on steps through the clip at its frame rate, looping,
+whether or not anyone is connected.  Every connected client's pipeline (a
+shared appsrc) gets the AU of each step; a client that (re)connects first gets
+the AUs from the latest keyframe up to the current one at once, so it decodes
+at once and is on the live timeline, as it would be with a real camera.  No
+decode/re-encode, so CPU use is negligible.  Looping back to AU 0 is only
+decodable if the file starts with a keyframe and has no B-frames.
 
 stdout: one "STREAM <name> <url> <w>x<h>@<fps>" line per stream, then
 "READY rtsp://HOST:PORT".  Bad arguments: one error line on stderr, exit 2.
@@ -18,6 +23,7 @@ SIGTERM/SIGINT: exit 0.
 from __future__ import annotations
 
 import argparse
+import bisect
 import math
 import os
 import re
@@ -45,9 +51,21 @@ class ArgError(Exception):
 @dataclass
 class Clip:
     aus: list[bytes]  # one H.264 access unit per frame, SPS/PPS before each IDR
+    keyframes: list[int]  # indices of the AUs that decode on their own, ascending
     width: int
     height: int
     fps: float
+
+    def since_keyframe(self, idx: int) -> list[bytes]:
+        """The AUs from the latest keyframe at or before `idx` (cyclically) through `idx`: what a
+        decoder joining at `idx` needs.  Empty when the clip has no keyframe."""
+        if not self.keyframes:
+            return []
+        start = bisect.bisect_right(self.keyframes, idx) - 1
+        key = self.keyframes[start]  # index -1: the last one, before the loop point
+        if key <= idx:
+            return self.aus[key:idx + 1]
+        return self.aus[key:] + self.aus[:idx + 1]
 
 
 def load_clip(path: str) -> Clip:
@@ -63,12 +81,15 @@ def load_clip(path: str) -> Clip:
     sink, bus = pipe.get_by_name("sink"), pipe.get_bus()
     pipe.set_state(Gst.State.PLAYING)
     aus: list[bytes] = []
+    keyframes: list[int] = []
     caps, msg, loopable, last_pts = None, None, True, -1
     while True:
         sample = sink.try_pull_sample(Gst.SECOND // 10)
         if sample is not None:
             caps = caps or sample.get_caps()
             buf = sample.get_buffer()
+            if not buf.has_flags(Gst.BufferFlags.DELTA_UNIT):
+                keyframes.append(len(aus))
             aus.append(buf.extract_dup(0, buf.get_size()))
             # Looping needs a keyframe first and no reordering (B-frames).
             if (len(aus) == 1 and buf.has_flags(Gst.BufferFlags.DELTA_UNIT)) or (
@@ -89,15 +110,16 @@ def load_clip(path: str) -> Clip:
     s = caps.get_structure(0)
     ok, num, den = s.get_fraction("framerate")
     fps = num / den if ok and num > 0 and den > 0 else 25.0  # VFR files report 0/1
-    return Clip(aus, s.get_int("width")[1], s.get_int("height")[1], fps)
+    return Clip(aus, keyframes, s.get_int("width")[1], s.get_int("height")[1], fps)
 
 
 class LoopFactory(GstRtspServer.RTSPMediaFactory):
-    """One shared live pipeline per path: every client sees the same 'camera'."""
+    """One shared live pipeline per path, fed by the path's Camera: every client sees the same
+    'camera', and one that comes back later sees it where it is now, not from the start."""
 
     def __init__(self, clip: Clip) -> None:
         super().__init__()
-        self.clip = clip
+        self.camera = Camera(clip)
         self.set_launch(
             "( appsrc name=src is-live=true format=time do-timestamp=true"
             " ! h264parse ! rtph264pay name=pay0 pt=96 config-interval=1 )"
@@ -107,55 +129,89 @@ class LoopFactory(GstRtspServer.RTSPMediaFactory):
 
     def _on_configure(self, _factory: object, media: GstRtspServer.RTSPMedia) -> None:
         src = media.get_element().get_by_name("src")
-        c = self.clip
+        c = self.camera.clip
         num, den = Gst.util_double_to_fraction(c.fps)
         src.set_property("caps", Gst.Caps.from_string(
             f"{AU_CAPS},width={c.width},height={c.height},framerate={num}/{den}"))
-        feeder = Feeder(src, c)
-        src.connect("need-data", feeder.on_need_data)
-        media.connect("unprepared", feeder.stop)
+        hook = MediaHook(self.camera, src)
+        src.connect("need-data", hook.on_need_data)
+        media.connect("unprepared", hook.on_unprepared)
 
 
-class Feeder:
-    """Pushes one AU per frame interval into an appsrc, cycling forever.
+class MediaHook:
+    """Attaches one media's appsrc to the camera once it pulls (PLAYING), detaches it when the
+    media is torn down (its last client gone).  The camera is only touched from the GLib main
+    loop: need-data comes from a streaming thread, so both hand over with idle_add."""
 
-    Pushing and the timer live in the GLib main loop; need-data (a streaming
-    thread) only schedules the first tick."""
-
-    def __init__(self, src: GstApp.AppSrc, clip: Clip) -> None:
-        self.src, self.clip = src, clip
-        self.period = 1.0 / clip.fps
-        self.idx, self.due, self.timer = 0, 0.0, 0
-        self.started = self.stopped = False
+    def __init__(self, camera: Camera, src: GstApp.AppSrc) -> None:
+        self.camera, self.src = camera, src
+        self.requested = self.gone = False
 
     def on_need_data(self, _src: object, _length: int) -> None:
-        # Streaming thread.  Start pacing only once the pipeline pulls
-        # (PLAYING): frames pushed earlier would queue and later arrive as a
-        # burst.  From then on the timer, not need-data, drives the pushes.
-        if not self.started:
-            self.started = True
-            GLib.idle_add(self._tick)
+        # Attach only once the pipeline pulls: frames pushed earlier would queue and arrive as a
+        # burst.  From then on the camera's clock, not need-data, drives the pushes.
+        if not self.requested:
+            self.requested = True
+            GLib.idle_add(self._attach)
 
-    def stop(self, _media: object) -> None:
-        # Last client gone: media is torn down; the next client gets a new one.
-        self.stopped = True
-        if self.timer:
-            GLib.source_remove(self.timer)
-            self.timer = 0
+    def on_unprepared(self, _media: object) -> None:
+        self.gone = True
+        GLib.idle_add(self._detach)
+
+    def _attach(self) -> bool:
+        if not self.gone:
+            self.camera.attach(self.src)
+        return GLib.SOURCE_REMOVE
+
+    def _detach(self) -> bool:
+        self.camera.detach(self.src)
+        return GLib.SOURCE_REMOVE
+
+
+class Camera:
+    """A clip played as a live camera: from its first client on, a one-shot GLib timer steps
+    through the AUs at the clip's frame rate, looping forever, and pushes each to every attached
+    appsrc (none while nobody watches: the timeline runs on regardless)."""
+
+    def __init__(self, clip: Clip) -> None:
+        self.clip = clip
+        self.period = 1.0 / clip.fps
+        self.sinks: list[GstApp.AppSrc] = []
+        self.idx, self.due = 0, 0.0  # the next AU and when it is due
+        self.running = False
+
+    def attach(self, src: GstApp.AppSrc) -> None:
+        if self.running:
+            # Joining mid-GOP: catch up from the latest keyframe to the current AU at once, so the
+            # client decodes its first frame now rather than at the next keyframe.
+            for au in self.clip.since_keyframe((self.idx - 1) % len(self.clip.aus)):
+                self._push(src, au)
+            self.sinks.append(src)
+        else:  # the first client switches the camera on, at AU 0
+            self.sinks.append(src)
+            self.running = True
+            self._tick()
+
+    def detach(self, src: GstApp.AppSrc) -> None:
+        if src in self.sinks:
+            self.sinks.remove(src)
+
+    @staticmethod
+    def _push(src: GstApp.AppSrc, au: bytes) -> None:
+        src.emit("push-buffer", Gst.Buffer.new_wrapped(au))
 
     def _tick(self) -> bool:
-        if self.stopped:
-            return GLib.SOURCE_REMOVE
         now = time.monotonic()
         if now - self.due > 1.0:  # first tick, or we were stalled (SIGSTOP): no burst
             self.due = now
         while self.due <= now:
-            self.src.emit("push-buffer", Gst.Buffer.new_wrapped(self.clip.aus[self.idx]))
+            for src in self.sinks:
+                self._push(src, self.clip.aus[self.idx])
             self.idx = (self.idx + 1) % len(self.clip.aus)
             self.due += self.period
         # One-shot timer to the next deadline: a fixed-interval GLib timer
         # drifts (it re-arms from dispatch time), ~3% slow at 10 fps.
-        self.timer = GLib.timeout_add(math.ceil((self.due - now) * 1000), self._tick)
+        GLib.timeout_add(math.ceil((self.due - now) * 1000), self._tick)
         return GLib.SOURCE_REMOVE
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import signal
+import statistics
 import subprocess
 import sys
 import time
@@ -53,7 +54,7 @@ def test_restart_after_kill_9_with_a_cached_model(tmp_path: Path, rtsp_server: R
         timings = []
         proc = None
         try:
-            for _ in range(4):
+            for _ in range(6):  # a first start, then five after a kill -9
                 since = time.time()
                 start = time.monotonic()
                 proc = subprocess.Popen([*WORKER, "--spec", str(path)], stdout=subprocess.DEVNULL,
@@ -69,8 +70,9 @@ def test_restart_after_kill_9_with_a_cached_model(tmp_path: Path, rtsp_server: R
         finally:
             if proc is not None and proc.poll() is None:
                 proc.kill()
-        print("\n(spawn → online s, spawn → first heartbeat s, spawn → running s):",
-              [tuple(round(t, 2) for t in row) for row in timings])
-        assert len(list(cache.glob("sha256-*"))) == 1  # one directory, whatever URL named it
         restarts = [t[0] for t in timings[1:]]  # after a kill -9
+        print("\n(spawn → online s, spawn → first heartbeat s, spawn → running s):",
+              [tuple(round(t, 2) for t in row) for row in timings],
+              f"\nkill -9 → online: median {statistics.median(restarts):.2f} s of {len(restarts)} restarts")
+        assert len(list(cache.glob("sha256-*"))) == 1  # one directory, whatever URL named it
         assert min(restarts) < 2.5, timings  # the target is < 1 s; a loaded 2-core CI box gets slack

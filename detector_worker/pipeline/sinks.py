@@ -8,6 +8,10 @@ Every write is idempotent, so a replay from the outbox changes nothing: an image
 key derived from (camera, session, vehicle visit); a row is an upsert on its key; a publish
 carries its idempotency key and is sent at most once per key (a Lua script sets a guard key
 NX with a TTL and publishes only when it was not set).
+
+redis-py (with redis.asyncio, ~0.2 s) and psycopg2 are imported where they are used, so by a
+writer's thread at its first write: a camera's start never waits for them (its writes wait in
+the durable outbox meanwhile).
 """
 
 from __future__ import annotations
@@ -18,18 +22,13 @@ import json
 import logging
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
-from typing import Any
-
-import psycopg2
-import psycopg2.errors
-import psycopg2.extensions
-import redis
-from psycopg2 import sql
-from redis.backoff import NoBackoff
-from redis.retry import Retry
+from typing import TYPE_CHECKING, Any
 
 from .outbox import Outbox
 from .stores import StoreWriter
+
+if TYPE_CHECKING:
+    import redis
 
 
 @dataclass(frozen=True)
@@ -94,6 +93,8 @@ _REDIS_OUTAGE_REPLIES = ("READONLY", "OOM", "TRYAGAIN", "MASTERDOWN", "LOADING",
 
 
 def redis_is_outage(err: BaseException) -> bool:
+    import redis
+
     if isinstance(err, (redis.ConnectionError, redis.TimeoutError, OSError, redis.exceptions.ReadOnlyError,
                         redis.exceptions.OutOfMemoryError, redis.exceptions.TryAgainError,
                         redis.exceptions.MasterDownError, redis.exceptions.BusyLoadingError,
@@ -122,6 +123,10 @@ def decode_redis(data: bytes) -> RedisWrite:
 def redis_writer(url: str, log: logging.Logger, outbox: Outbox | None = None,
                  start: bool = True) -> StoreWriter[redis.Redis, RedisWrite]:
     def connect() -> redis.Redis:
+        import redis
+        from redis.backoff import NoBackoff
+        from redis.retry import Retry
+
         # no retries of redis-py's own: the writer's backoff is the only one (a frozen Redis would
         # otherwise hold one write for ~50 s of stacked retries)
         conn = redis.Redis.from_url(url, socket_connect_timeout=2, socket_timeout=5, retry=Retry(NoBackoff(), 0),
@@ -159,6 +164,9 @@ class _Tables:
 
 
 def _ensure_table(cur: Any, write: Upsert) -> None:
+    import psycopg2.errors
+    from psycopg2 import sql
+
     table, key = sql.Identifier(write.table), sql.Identifier(write.key_field)
     if write.table == "car_frontal_info" and write.key_field == "session_id":
         create = sql.SQL(
@@ -178,6 +186,8 @@ def _ensure_table(cur: Any, write: Upsert) -> None:
 
 
 def _upsert(cur: Any, write: Upsert) -> None:
+    from psycopg2 import sql
+
     columns = [write.key_field, "display_id", "captured_timestamp", *write.fields, "updated_at"]
     captured = datetime.fromtimestamp(write.captured_at, UTC)
     values = [write.key_value, write.display_id, captured, *write.fields.values(), datetime.now(UTC)]
@@ -192,6 +202,8 @@ def _upsert(cur: Any, write: Upsert) -> None:
 
 
 def postgres_is_outage(err: BaseException) -> bool:
+    import psycopg2
+
     if isinstance(err, psycopg2.InterfaceError):
         return True
     if not isinstance(err, psycopg2.Error):
@@ -219,6 +231,8 @@ def postgres_writer(dsn: str, log: logging.Logger, outbox: Outbox | None = None,
     tables = _Tables()
 
     def connect() -> Any:
+        import psycopg2
+
         conn = psycopg2.connect(dsn, connect_timeout=3, keepalives=1, keepalives_idle=10, keepalives_interval=5,
                                 keepalives_count=3)
         conn.autocommit = True

@@ -20,7 +20,7 @@ from tests.rtsp import SCRIPT, SYSTEM_PYTHON, RtspServer, RtspServerError
 # Without these, OpenCV probes an RTSP stream for ~3 s before the first frame.
 os.environ["OPENCV_FFMPEG_CAPTURE_OPTIONS"] = "rtsp_transport;tcp|analyzeduration;0|probesize;32"
 
-W, H, FPS, N_FRAMES = 640, 480, 10, 30  # 3 s clips
+W, H, FPS, N_FRAMES, GOP = 640, 480, 10, 30, 10  # 3 s clips, a keyframe every second
 RED, BLUE = (220, 30, 30), (30, 30, 220)  # RGB
 BITS, BIT_W, STRIP_Y = 8, W // 8, H - 40  # frame index as black/white blocks along the bottom
 
@@ -28,14 +28,16 @@ BITS, BIT_W, STRIP_Y = 8, W // 8, H - 40  # frame index as black/white blocks al
 pytestmark = [pytest.mark.slow, pytest.mark.skipif(not Path(SYSTEM_PYTHON).exists(), reason="needs Debian python3-gi")]
 
 
-def make_clip(path: Path, rgb: tuple[int, int, int]) -> None:
-    """H.264 MP4, no B-frames, keyframe every 10 frames: loopable without re-encoding."""
+def make_clip(path: Path, rgb: tuple[int, int, int], n_frames: int = N_FRAMES) -> None:
+    """H.264 MP4, no B-frames, keyframe every GOP frames: loopable without re-encoding."""
+    assert n_frames <= 1 << BITS
     with av.open(str(path), "w") as container:
         stream = container.add_stream("libx264", rate=FPS)
         stream.width, stream.height, stream.pix_fmt = W, H, "yuv420p"
-        stream.codec_context.gop_size = 10
+        stream.codec_context.gop_size = GOP
         stream.codec_context.max_b_frames = 0
-        for i in range(N_FRAMES):
+        stream.options = {"sc_threshold": "0"}  # keyframes exactly every GOP frames, never on a "scene cut"
+        for i in range(n_frames):
             img = np.empty((H, W, 3), np.uint8)
             img[:] = rgb
             cv2.putText(img, f"{i}", (20, 100), cv2.FONT_HERSHEY_SIMPLEX, 3, (255, 255, 255), 5)
@@ -116,6 +118,39 @@ def test_loops_forever_at_real_time(server: RtspServer) -> None:
     assert steps == {1}, indices
     assert any(b < a for a, b in itertools.pairwise(indices)), indices
     assert 0.6 * n / FPS <= elapsed <= 1.5 * n / FPS + 1.0, elapsed
+
+
+def test_a_client_reconnecting_after_n_seconds_sees_the_clip_n_seconds_on(tmp_path: Path) -> None:
+    """A live camera's footage runs on while nobody watches: a worker restarted after 4 s sees what
+    the camera shows 4 s later, not the clip's start again."""
+    clip, n_frames, away_s = tmp_path / "long.mp4", 200, 4.0  # 20 s: no loop during the test
+    make_clip(clip, RED, n_frames)
+    with RtspServer({"cam": clip}) as server:
+        cap = open_capture(server.url("cam"))
+        try:
+            first = frame_index(read_frame(cap))
+            t0 = time.monotonic()  # when the clip showed frame `first`
+            read_frame(cap)
+        finally:
+            cap.release()
+        time.sleep(away_s)
+        reconnected = time.monotonic()
+        cap = open_capture(server.url("cam"))
+        try:
+            seen = [(frame_index(read_frame(cap)), time.monotonic())]
+            while seen[-1][1] - reconnected < 2.0:
+                seen.append((frame_index(read_frame(cap)), time.monotonic()))
+        finally:
+            cap.release()
+    indices = [i for i, _ in seen]
+    assert first <= 1, first  # the first client switches the camera on
+    # It joins at the keyframe before the live frame (so the first frame decodes), then plays on
+    # frame by frame, at the clip's pace.
+    at_join = first + (reconnected - t0) * FPS
+    assert indices[0] % GOP == 0 and at_join - GOP - 3 <= indices[0] <= at_join + 5, (at_join, indices)
+    assert {b - a for a, b in itertools.pairwise(indices)} == {1}, indices
+    last, at = seen[-1]
+    assert abs(last - (first + (at - t0) * FPS)) <= 5, (first, last, at - t0, indices)
 
 
 def test_kill_then_restart_on_same_url(server: RtspServer) -> None:
