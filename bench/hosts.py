@@ -131,17 +131,18 @@ def _seen(s: dict[str, Any]) -> str:
                    f"the bulk start (first: `{downs[0].split(': ', 1)[-1].split('): ')[0]})`), each moving that host's "
                    f"cameras. Cameras do not move back when a host answers again, so the bulk ended as "
                    f"{_per_host(s['bulk']['per_host'])} instead of {s['cameras'] // 3} each, and the kill below moved "
-                   f"{f['cameras']} cameras. The health check (`fleet.getInfo`) timed out on a loaded machine: its "
-                   "rpc_timeout_s also counts the wait for a thread of asyncio's default pool (6 threads here), "
-                   "shared with the apply's RPCs (up to 4 bridge calls per host at once, `fleet.apply`, stops that "
-                   f"wait), and with down_after_s {s['remote']['down_after_s']} s one slow stretch moves a whole "
-                   "host (two diagnostic runs of the same bulk polled every 5 s instead of 2 s saw none).")
+                   f"{f['cameras']} cameras. The health check (`fleet.getInfo`, rpc_timeout_s "
+                   f"{s['remote']['rpc_timeout_s']} s) timed out while the host's supervisord and the gateway were "
+                   f"busy with the bulk apply, and with down_after_s {s['remote']['down_after_s']} s one slow stretch "
+                   "moves a whole host.")
     if f["shown_online_first_s"] is not None and f["shown_online_first_s"] < f["running"]["min"]:
         out.append(f"`/cameras` showed moved cameras `online` on their new host from {fmt(f['shown_online_first_s'])} "
                    "s, before any new process ran: a camera's state (process RUNNING, stream online) is carried over "
                    "from its dead copy when the apply moves it, until the next reconcile.")
     if s["apply_errors"]:
-        out.append(f"The gateway logged {s['apply_errors']} `supervisord apply errors` line(s) in this run.")
+        out.append(f"No host was marked down before the kill. The gateway logged {s['apply_errors']} `supervisord "
+                   "apply errors` line(s) in the whole run, the kill included (an apply reaching the killed host "
+                   "before it is marked down fails).")
     return " ".join(out) or "Nothing went wrong on the way: no host was marked down before the kill."
 
 
@@ -152,11 +153,12 @@ gateway configured with `hosts:` (check_interval_s {check_interval_s}, down_afte
 bench/worker_python: the real bus over tcp:// with CURVE and the placement epoch, hello, heartbeats, a status \
 saying the stream is up; no video): {n} real workers would need ~{n} x 200 MB and far more start-up CPU. The hosts \
 are separate in network and process tree, not in CPU: everything shares this machine's 2 cores with other users. \
-So the stand-ins run at nice {nice} and start one per core at a time (~0.5 s of imports each; a first run with \
-{n} of them importing at once at normal priority starved the supervisords and the gateway: hosts were marked \
-down 61 times in 7 minutes and the site never settled), and the gateway's heartbeat_timeout is {hb} s so that a \
-stand-in still waiting for its turn is not restarted as hung. "Online" figures therefore include the stand-ins' own \
-start on this machine; RUNNING figures are supervisord's (alive for startsecs = {startsecs} s).
+So the stand-ins start at nice {nice}, one per core at a time (~0.5 s of imports each), and then run at normal \
+priority: a first run with {n} of them importing at once at normal priority (before commit 49e005e) starved the \
+supervisords and the gateway (hosts were marked down 61 times in 7 minutes and the site never settled). The gateway's \
+heartbeat_timeout is {hb} s so that a stand-in still waiting for its turn is not restarted as hung. "Online" \
+figures therefore include the stand-ins' own start on this machine; RUNNING figures are supervisord's (alive for \
+startsecs = {startsecs} s).
 
 {n} cameras were subscribed in one `setSubscriptionList` (polled every 2 s), then {reps} times one camera added \
 and removed again, each a whole list, as the backend sends it. Times from the backend's send: the new program \
@@ -199,8 +201,9 @@ def _bus_limits(res: dict[str, Any]) -> str:
             f"{curve_det:+.0f} µs per detection on the receiving side, and the gateway decodes ~{1e6 / gw:,.0f} "
             "detections/s per core, far above what cameras send (a few messages per camera per second). For 60 KB "
             f"snapshots the bytes count: CURVE decryption adds {curve_snap:+.0f} µs per snapshot to the raw "
-            f"receiver (~{60.4 / max(curve_snap, 1e-3):.2f} GB/s per core), still hundreds of MB/s against ~12 KB/s "
-            "per camera of snapshots at the default interval (one per 5 s). Detection rates of the raw PULL are also "
+            f"receiver (~{60.4 / max(curve_snap, 1e-3):.2f} GB/s per core); into the gateway "
+            f"{_rate(res, 'snapshot', 'curve', 'gateway')['mb_per_s']:.0f} MB/s here, against ~12 KB/s per camera of "
+            "snapshots at the default interval (one per 5 s). Detection rates of the raw PULL are also "
             "bounded by the senders here (Python loops on the same 2 cores), so they understate the transport.")
 
 

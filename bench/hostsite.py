@@ -127,9 +127,9 @@ def _site(work: Path, capacity: int) -> Iterator[Site]:
         bus = {"gateway_push": f"tcp://{lab.service_ip}:{push}", "gateway_control": f"tcp://{lab.service_ip}:{control}"}
         hosts = [lab.host(i, work / f"host-{i}", name=f"host-{chr(97 + i)}", password=PASSWORD, capacity=capacity,
                           gateway_key=keys / "gateway.key", **bus) for i in range(3)]
-        # The hosts' `python` for workers: the bench shim (mode idle), at nice 19: all hosts share this machine's
-        # two cores with the gateway, and a start-up storm of stand-ins must not starve the control plane that
-        # on real hosts would have CPUs of its own (measured without: hosts flap, see bench/results/README.md).
+        # The hosts' `python` for workers: the bench shim (mode idle), started at nice 19 (back to 0 once started):
+        # all hosts share this machine's two cores with the gateway, and a start-up storm of stand-ins must not
+        # starve the control plane that on real hosts would have CPUs of its own (without: hosts flap).
         shim = work / "worker_python"
         shim.write_text(f'#!/bin/sh\nexec nice -n {NICE} {SHIM} "$@"\n')
         shim.chmod(0o755)

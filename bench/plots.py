@@ -206,6 +206,28 @@ def control(res: dict[str, Any], path: Path) -> Path:
     return _save(fig, path)
 
 
+def hosts(res: dict[str, Any], path: Path) -> Path:
+    """Bus throughput across hosts: messages/s per message size and transport, GatewayBus vs a raw PULL."""
+    rows = res["bus"]["rows"]
+    groups = list(dict.fromkeys((r["size"], r["transport"]) for r in rows))
+    fig, ax = plt.subplots(figsize=(8, 3.6))
+    for i, (kind, label) in enumerate((("gateway", "GatewayBus: recv + decode"), ("raw", "raw zmq PULL"))):
+        for j, g in enumerate(groups):
+            r = next(r for r in rows if (r["size"], r["transport"]) == g and r["receiver"] == kind)
+            x = j + (i - 0.5) * 0.4
+            ax.bar(x, r["msgs_per_s"], width=0.4, color=COLOURS[i], label=label if j == 0 else None)
+            ax.text(x, r["msgs_per_s"], f"{r['mb_per_s']:.0f} MB/s\n{r['receiver_cores']:.2f} core",
+                    ha="center", va="bottom", fontsize=7)
+    ax.set_xticks(range(len(groups)), [f"{s} {'ipc://' if t == 'ipc' else 'tcp:// + CURVE'}" for s, t in groups],
+                  fontsize=8)
+    ax.set_yscale("log")
+    ax.set_ylim(top=max(r["msgs_per_s"] for r in rows) * 4)
+    ax.set_ylabel("messages/s received (log)")
+    ax.legend(fontsize=8, loc="upper right")
+    ax.set_title(f"Bus throughput, {res['bus']['senders']} sender processes (labels: MB/s, receiver CPU)")
+    return _save(fig, path)
+
+
 def plot_all(results: dict[str, Any], out: Path) -> dict[str, str]:
     made: dict[str, str] = {}
     jobs = [
@@ -218,6 +240,7 @@ def plot_all(results: dict[str, Any], out: Path) -> dict[str, str]:
          "fleet" in results and "memory" in results["fleet"]),
         ("startup", lambda p: startup(results["fleet"]["startup"], p), "fleet" in results),
         ("control", lambda p: control(results["control"], p), "control" in results),
+        ("hosts", lambda p: hosts(results["hosts"], p), "hosts" in results),
     ]
     for name, fn, present in jobs:
         if not present:

@@ -11,6 +11,7 @@ from .common import fmt, md_table, p50p99
 from .control import control_table
 from .fanin import fanin_table, gateway_yield_every, saturation
 from .fleet_sections import first_detection_table, latency_table, memory_table, scaling_table
+from .hosts import hosts_report
 
 
 def _machine(m: dict[str, Any]) -> str:
@@ -375,6 +376,11 @@ def write_report(results: dict[str, Any], plots: dict[str, str], out: Path) -> P
         text, h = _control(results["control"])
         heads += h
         sections.append("## 7. Control-plane latency\n\n" + text + img("control"))
+    if "hosts" in results:
+        text, h = hosts_report(results["hosts"])
+        heads += h
+        sections.append("## 9. Several hosts: control plane, failover, bus throughput with CURVE\n\n" + text
+                        + img("hosts"))
     errors = results.get("errors", {})
     m = results["machine"]
     doc = [

@@ -1,12 +1,14 @@
 """`make bench`: the fleet's performance figures, printed as they come and written to bench/results/.
 
-    python -m bench.run [--quick] [--only throughput,fanin,fleet,control,accuracy] [--out DIR] [--keep-work]
+    python -m bench.run [--quick] [--only throughput,fanin,fleet,control,hosts,accuracy] [--out DIR] [--keep-work]
 
 Sections: 0 model accuracy (scripts/bench_models.py), 1 per-worker throughput vs bare Ultralytics,
 3 gateway fan-in, then on one real fleet: 4 first detection / kill -9 recovery, 2 + 6 latency and
-scaling with 1..20 cameras, 5 memory (+ one torch worker), and 7 control-plane latency.
-Full run ~15-20 min on the 2-core machine; --quick is a smoke version (< 3 min, no accuracy section)
-and writes to bench/results/quick/.
+scaling with 1..20 cameras, 5 memory (+ one torch worker), 7 control-plane latency, 8 dashboard
+cost, and 9 several worker hosts (3 hosts x 100 cameras, failover, bus throughput with CURVE).
+Full run ~25-30 min on the 2-core machine (section 9 ~11 min: 300 stand-in workers start); --quick is a
+smoke version (< 6 min, no accuracy section) and writes to bench/results/quick/. Keys of an earlier
+results.json that this run was not asked for (other sections with --only, bench/realistic.py's) are kept.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ from typing import Any
 
 from .common import BENCH, PYTHON, ROOT, machine_busy, machine_info, md_table, prepare_models, say, write_json
 
-SECTIONS = ("accuracy", "throughput", "fanin", "fleet", "control", "dashboard")
+SECTIONS = ("accuracy", "throughput", "fanin", "fleet", "control", "dashboard", "hosts")
 
 
 def section_accuracy() -> dict[str, Any]:
@@ -51,6 +53,17 @@ def section_throughput(model_dir: Path, quick: bool, work: Path) -> dict[str, An
                  [[n, f"{v['fps']:.1f}", f"{v['p50_ms']:.1f} / {v['p99_ms']:.1f}", f"{v['fps'] / bare:.2f}x"]
                   for n, v in res["variants"].items()]))
     return res
+
+
+def _kept(path: Path, ours: set[str]) -> dict[str, Any]:
+    """The keys of an earlier results.json that this run neither wrote nor was asked for."""
+    import json
+
+    try:
+        saved = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+    return {k: v for k, v in saved.items() if k not in ours} if isinstance(saved, dict) else {}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -139,9 +152,14 @@ def main(argv: list[str] | None = None) -> int:
 
         run("dashboard", "8. Dashboard cost: gateway CPU with 20 cameras, page open vs not",
             lambda: dashboard_cost(work, 10.0 if args.quick else 20.0))
+        from .hosts import hosts_section
+
+        run("hosts", "9. Several hosts: control plane and failover with 3 hosts, bus throughput with CURVE",
+            lambda: hosts_section(work, args.quick))
     finally:
         results["timings"] = timings
         results["elapsed_s"] = time.monotonic() - started
+        results = {**_kept(out / "results.json", set(results) | only), **results}
         write_json(out / "results.json", results)
         from .plots import plot_all
         from .report import write_report
