@@ -162,7 +162,12 @@ class Gateway:
         for camera_id, program in programs.items():
             if camera_id not in self.states:
                 self.states[camera_id] = CameraState(camera_id, program.name)
-            self.states[camera_id].host = self.supervisor.host_of(camera_id)
+            state = self.states[camera_id]
+            epoch = self.supervisor.epoch(camera_id)
+            if epoch != state.epoch:  # placed anew (another host): what the old copy said is not this one's
+                state.on_placed(epoch)
+                self.identities.pop(camera_id, None)
+            state.host = self.supervisor.host_of(camera_id)
         replaced = set(report.added) | set(report.replaced)
         previous, self.applied, self.programs = self.applied, specs, programs
         for camera_id in changed:  # same program, new spec: reload it, or restart it for process settings
@@ -266,7 +271,7 @@ class Gateway:
         if state is not None and state.pid == pid:
             return True
         try:  # the event may not be here yet: ask supervisord (a worker repeats its hello until answered)
-            info = (await self.supervisor.states()).get(name)
+            info = await self.supervisor.program_state(name)
         except RPC_ERRORS:
             return False
         if info is None or info.pid != pid:

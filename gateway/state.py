@@ -52,6 +52,7 @@ class CameraState:
     # loaded host), so only startup_timeout applies, not heartbeat_timeout
     heard: bool = False
     host: str | None = None  # the worker host it is placed on (None: this one, or unplaced); gateway/hosts
+    epoch: int = 0  # its placement epoch (0: one host); a new one is a new copy on another host
     last_heartbeat: float | None = None  # monotonic
     worker_pid: int | None = None
     snapshot: Snapshot | None = None
@@ -100,6 +101,14 @@ class CameraState:
         """The gateway restarts this worker because its heartbeats stopped while the process ran."""
         self.hung_restarts += 1
         self.last_heartbeat = self.phase_since = time.monotonic()  # one restart per timeout, not one per pass
+
+    def on_placed(self, epoch: int) -> None:
+        """Placed anew under `epoch`: the old copy's process, stream and phase are not the new copy's."""
+        self.epoch = epoch
+        self.process_state, self.pid, self.worker_pid = "UNKNOWN", None, None
+        self.stream_online, self.heard = False, False
+        self.phase, self.phase_detail, self.phase_since = "starting", None, time.monotonic()
+        self._seen_running = False
 
     def on_process_state(self, state: str, pid: int | None) -> None:
         """supervisord's view; a RUNNING after a previous RUNNING means the process was restarted."""

@@ -17,11 +17,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import json
 import logging
 import time
 import uuid
 from collections.abc import Callable, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -38,12 +40,15 @@ log = logging.getLogger("gateway.hosts")
 RPC_ERRORS = (SupervisorError, SupervisorUnavailable)
 UNPLACED = "unplaced: no usable host has a free slot and its labels"
 APPLY_LIMIT_RPCS = 15  # one host's apply may take this many RPC timeouts before it is given up on
+RETRY_S = 5.0  # a host's apply that failed is tried again after this
+BRIDGE_CONCURRENCY = 4  # program steps at once per host
 
 
 @dataclass
 class Host:
     settings: HostSettings
-    client: HttpSupervisorClient
+    client: HttpSupervisorClient  # applies and program actions, on this host's own threads
+    health: HttpSupervisorClient  # fleet.getInfo only, on a thread of its own: never queued behind an apply
     bridge: SupervisorBridge
     up: bool = False
     last_ok: float = 0.0  # monotonic time of its last answer
@@ -53,6 +58,8 @@ class Host:
     cpus: int = 0
     load1: float = 0.0
     applying: int = 0  # our applies in flight: a supervisord busy with our reloadConfig is not down
+    applied: str | None = None  # digest of the share it last took without error (None: apply it again)
+    threads: list[ThreadPoolExecutor] = field(default_factory=list)
 
     @property
     def name(self) -> str:
@@ -105,9 +112,15 @@ class HostFleet:
         self.specs_dir = specs_dir  # a copy of every spec here too: a restarted gateway inherits them
         self.hosts: dict[str, Host] = {}
         for settings in hosts:
-            client = HttpSupervisorClient(settings.url, settings.username, settings.secret(),
-                                          timeout_s=remote.rpc_timeout_s)
-            self.hosts[settings.name] = Host(settings, client, SupervisorBridge(client, Path("/nonexistent")))
+            # Threads per host: measured, with the loop's shared pool (6 threads on 2 cores) three hosts'
+            # applies queued the health checks behind them and healthy hosts were marked down.
+            work = ThreadPoolExecutor(BRIDGE_CONCURRENCY + 2, thread_name_prefix=f"host-{settings.name}")
+            probe = ThreadPoolExecutor(1, thread_name_prefix=f"health-{settings.name}")
+            client, health = (HttpSupervisorClient(settings.url, settings.username, settings.secret(),
+                                                   timeout_s=remote.rpc_timeout_s, executor=pool)
+                              for pool in (work, probe))
+            bridge = SupervisorBridge(client, Path("/nonexistent"), concurrency=BRIDGE_CONCURRENCY, local=False)
+            self.hosts[settings.name] = Host(settings, client, health, bridge, threads=[work, probe])
         self.book = Book.load(state_file)
         for name in self.book.drained & set(self.hosts):
             self.hosts[name].draining = True
@@ -117,6 +130,7 @@ class HostFleet:
         self._lock = asyncio.Lock()
         self._on_change: Callable[[], None] = lambda: None
         self._task: asyncio.Task[None] | None = None
+        self._retry: asyncio.TimerHandle | None = None
 
     # -- lifecycle ---------------------------------------------------------------------------------
     async def open(self, on_change: Callable[[], None]) -> None:
@@ -130,6 +144,9 @@ class HostFleet:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
+        for host in self.hosts.values():
+            for pool in host.threads:
+                pool.shutdown(wait=False, cancel_futures=True)
 
     async def _watch(self) -> None:
         while True:
@@ -138,7 +155,7 @@ class HostFleet:
 
     async def _check(self, host: Host) -> None:
         try:
-            info = await host.client.call("fleet.getInfo")
+            info = await host.health.call("fleet.getInfo")
         except RPC_ERRORS as err:
             why = _why(err)
             if why != host.error and not host.up:
@@ -157,6 +174,7 @@ class HostFleet:
 
     def _set_up(self, host: Host, up: bool) -> None:
         host.up = up
+        host.applied = None  # a host back from down (a restarted supervisord?) takes its whole share again
         host.changed_at = time.time()
         if up:
             log.info("host %s is up", host.name)
@@ -220,8 +238,9 @@ class HostFleet:
                 shares[host][camera_id] = CameraProgram(spec, c.program)
             specs = {c.program.name: c.spec for c in cameras.values()}
             await asyncio.to_thread(write_spec_files, self.specs_dir, specs)  # what runs, as on one host
-            live = [h for h in self.hosts.values() if h.up]
-            reports = await asyncio.gather(*(self._apply_host(h, shares[h.name]) for h in live))
+            requests = {name: _request(share) for name, share in shares.items()}
+            live = [h for h in self.hosts.values() if h.up and h.applied != requests[h.name][1]]
+            reports = await asyncio.gather(*(self._apply_host(h, shares[h.name], *requests[h.name]) for h in live))
             await asyncio.to_thread(remove_other_spec_files, self.specs_dir, {s.slug for s in specs.values()})
             report = ApplyReport()
             for done, part in zip(live, reports, strict=True):
@@ -236,24 +255,31 @@ class HostFleet:
             self._programs = {c.program.name: h for h, share in shares.items() for c in share.values()}
             return report
 
-    async def _apply_host(self, host: Host, share: Mapping[str, CameraProgram]) -> ApplyReport:
-        request = {c.program.name: {"spec": c.spec.model_dump_json(), "autostart": c.program.autostart,
-                                    "startsecs": c.program.startsecs, "startretries": c.program.startretries,
-                                    "stopwaitsecs": c.program.stopwaitsecs} for c in share.values()}
+    async def _apply_host(self, host: Host, share: Mapping[str, CameraProgram], request: dict[str, Any],
+                          digest: str) -> ApplyReport:
         limit = self.remote.rpc_timeout_s * APPLY_LIMIT_RPCS
         host.applying += 1  # measured: reloadConfig with 100 programs on a loaded host blocks its getInfo > 3 s
+        host.applied = None
         try:
-            written = await host.client.call("fleet.apply", request)
+            # measured: writing 100 spec files on a loaded host took more than one RPC timeout (2 s)
+            written = await host.client.call("fleet.apply", request, timeout_s=limit)
             report = await asyncio.wait_for(
                 host.bridge.apply({c.program.name: c.program for c in share.values()}, write=False), limit)
         except (*RPC_ERRORS, TimeoutError) as err:
+            self._retry_later()  # half applied, or not at all: nothing else would ask again
             return ApplyReport(errors={"apply": _why(err)})
         finally:
             host.applying -= 1
         host.last_ok = time.monotonic()  # it answered our calls: alive
         report.specs_changed = [str(n) for n in written.get("changed", [])]
         report.errors.update({f"write {k}": str(v) for k, v in dict(written.get("errors", {})).items()})
+        if report.ok:
+            host.applied = digest
         return report
+
+    def _retry_later(self) -> None:
+        if self._retry is None or self._retry.cancelled() or self._retry.when() <= asyncio.get_running_loop().time():
+            self._retry = asyncio.get_running_loop().call_later(RETRY_S, self._on_change)
 
     # -- one program ------------------------------------------------------------------------------
     def _bridge(self, name: str) -> SupervisorBridge:
@@ -270,8 +296,20 @@ class HostFleet:
         for host, infos in zip(live, found, strict=True):
             if isinstance(infos, BaseException):
                 continue
-            out.update({n: i for n, i in infos.items() if self._programs.get(n) == host.name})
+            mine = {n: i for n, i in infos.items() if self._programs.get(n) == host.name}
+            if len(mine) < sum(1 for h in self._programs.values() if h == host.name):
+                host.applied = None  # it lost programs (its supervisord restarted): the next apply sends them
+            out.update(mine)
         return out
+
+    async def program_state(self, name: str) -> ProcessInfo | None:
+        """One program as its own host runs it (one call to that host only)."""
+        try:
+            return await self._bridge(name).client.process_info(name)
+        except SupervisorError as err:
+            if err.fault == "BAD_NAME":
+                return None
+            raise
 
     async def start(self, name: str) -> None:
         await self._bridge(name).start(name)
@@ -284,6 +322,14 @@ class HostFleet:
 
     async def adopt_or_clean(self, specs_dir: Path) -> list[int]:
         return []  # each host's own supervisord owns its processes; the agent keeps only what it was given
+
+
+def _request(share: Mapping[str, CameraProgram]) -> tuple[dict[str, Any], str]:
+    """What a host's agent is sent for its share (fleet.apply), and its digest."""
+    request = {c.program.name: {"spec": c.spec.model_dump_json(), "autostart": c.program.autostart,
+                                "startsecs": c.program.startsecs, "startretries": c.program.startretries,
+                                "stopwaitsecs": c.program.stopwaitsecs} for c in share.values()}
+    return request, hashlib.sha256(json.dumps(request, sort_keys=True).encode()).hexdigest()
 
 
 def _why(err: BaseException) -> str:

@@ -13,10 +13,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import os
 import signal
 import time
-from collections.abc import Awaitable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -26,6 +27,7 @@ from .programs import PREFIX, RESERVED_NAMES, ProgramSpec, render, write_program
 from .rpc import ProcessInfo, SupervisorClient, SupervisorError, SupervisorUnavailable
 
 _RPC_ERRORS = (SupervisorError, SupervisorUnavailable)
+EXEC_GRACE_S = 0.2  # a fork's child execs within milliseconds; generous for a loaded remote host
 
 
 @dataclass
@@ -44,8 +46,9 @@ class ApplyReport:
 
 class SupervisorBridge:
     def __init__(self, client: SupervisorClient, conf_dir: Path, *, prefix: str = PREFIX,
-                 stop_timeout_s: float = 20.0, concurrency: int = 4) -> None:
+                 stop_timeout_s: float = 20.0, concurrency: int = 4, local: bool = True) -> None:
         self.client = client
+        self.local = local  # supervisord runs on this host: its pids are ours to look at
         self.conf_dir = conf_dir
         self.prefix = prefix
         self.stop_timeout_s = stop_timeout_s  # above any stopwaitsecs: a stop may end in SIGKILL
@@ -98,21 +101,24 @@ class SupervisorBridge:
                 return valid[name].autostart if name in valid else True
 
             report.unchanged = sorted(n for n in valid if n not in touched)
-            steps = [self._step(n, "removed", report, self._remove(n)) for n in removed]
-            steps += [self._step(n, "replaced", report, self._replace(n, before.get(n), autostart(n))) for n in changed]
-            steps += [self._step(n, "added", report, self._add(n, autostart(n))) for n in added]
+            # Each step is made when its slot comes: if this apply is cancelled (a host's time limit),
+            # no coroutine is left created and never awaited.
+            steps = [self._step(n, "removed", report, functools.partial(self._remove, n)) for n in removed]
+            steps += [self._step(n, "replaced", report,
+                                 functools.partial(self._replace, n, before.get(n), autostart(n))) for n in changed]
+            steps += [self._step(n, "added", report, functools.partial(self._add, n, autostart(n))) for n in added]
             # A re-stop that failed last time is retried while the program is otherwise unchanged.
             pending = [n for n in report.unchanged if n in self._keep_stopped]
-            steps += [self._step(n, "", report, self._restop(n, spawn=False)) for n in pending]
+            steps += [self._step(n, "", report, functools.partial(self._restop, n, spawn=False)) for n in pending]
             await asyncio.gather(*steps)  # each program is touched by exactly one step
             for names in (report.added, report.removed, report.replaced):
                 names.sort()
             return report
 
-    async def _step(self, name: str, outcome: str, report: ApplyReport, run: Awaitable[None]) -> None:
+    async def _step(self, name: str, outcome: str, report: ApplyReport, run: Callable[[], Awaitable[None]]) -> None:
         async with self._slots:
             try:
-                await run
+                await run()
             except _RPC_ERRORS as err:
                 report.errors[name] = f"{outcome or 'stop again'}: {err}"
             else:
@@ -126,7 +132,10 @@ class SupervisorBridge:
                 # Just spawned: a SIGTERM that lands between supervisord's fork and the child's exec
                 # is lost (the child still runs supervisord's handlers) and the stop would wait
                 # stopwaitsecs and end in SIGKILL. Measured: a stop 2 ms after an add did exactly that.
-                await asyncio.to_thread(_wait_for_exec, info.pid)
+                if self.local:
+                    await asyncio.to_thread(_wait_for_exec, info.pid)
+                else:  # another host's pid: give the child the moment it needs to exec, by its host's clock
+                    await asyncio.sleep(max(0.0, EXEC_GRACE_S - (info.now - info.start)) if info.now else EXEC_GRACE_S)
             await self.client.stop(name, wait=True, timeout_s=self.stop_timeout_s)
         except SupervisorError as err:
             if err.fault not in ("NOT_RUNNING", "BAD_NAME"):

@@ -92,6 +92,9 @@ class LocalSupervisor:
     async def states(self) -> dict[str, ProcessInfo]:
         return await self.bridge.states()
 
+    async def program_state(self, name: str) -> ProcessInfo | None:
+        return (await self.bridge.states()).get(name)
+
     async def start(self, name: str) -> None:
         await self.bridge.start(name)
 

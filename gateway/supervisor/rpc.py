@@ -10,10 +10,12 @@ hung supervisord (SIGSTOP, a stuck loop) would leave the thread blocked forever 
 from __future__ import annotations
 
 import asyncio
+import functools
 import http.client
 import socket
 import urllib.parse
 import xmlrpc.client
+from concurrent.futures import Executor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, cast
@@ -46,12 +48,14 @@ class ProcessInfo:
     exitstatus: int
     description: str
     spawnerr: str
+    now: float = 0.0  # supervisord's clock when it answered (another host's clock may differ from ours)
 
     @classmethod
     def from_rpc(cls, raw: dict[str, Any]) -> ProcessInfo:
         return cls(name=str(raw["name"]), group=str(raw["group"]), state=str(raw["statename"]), pid=int(raw["pid"]),
                    start=float(raw["start"]), stop=float(raw["stop"]), exitstatus=int(raw["exitstatus"]),
-                   description=str(raw["description"]), spawnerr=str(raw.get("spawnerr", "")))
+                   description=str(raw["description"]), spawnerr=str(raw.get("spawnerr", "")),
+                   now=float(raw.get("now", 0) or 0))
 
 
 class _TimedUnixConnection(UnixStreamHTTPConnection):  # type: ignore[misc]
@@ -75,10 +79,12 @@ class _TimedTransport(SupervisorTransport):  # type: ignore[misc]
 
 
 class SupervisorClient:
-    def __init__(self, socket_path: Path, timeout_s: float = 5) -> None:
+    def __init__(self, socket_path: Path, timeout_s: float = 5, *, executor: Executor | None = None) -> None:
         self.socket_path = socket_path
         self.timeout_s = timeout_s
         self.where = str(socket_path)  # for error messages
+        # The blocking calls run here (None: the loop's default pool, shared with everything else)
+        self.executor = executor
 
     def _call_blocking(self, method: str, args: tuple[Any, ...], timeout_s: float) -> Any:
         transport = _TimedTransport(self.socket_path, timeout_s)
@@ -92,7 +98,9 @@ class SupervisorClient:
         """Any RPC by its full name, e.g. `call("supervisor.getState")`."""
         limit = self.timeout_s if timeout_s is None else timeout_s
         try:
-            return await asyncio.wait_for(asyncio.to_thread(self._call_blocking, method, args, limit), limit)
+            blocking = asyncio.get_running_loop().run_in_executor(
+                self.executor, functools.partial(self._call_blocking, method, args, limit))
+            return await asyncio.wait_for(blocking, limit)
         except xmlrpc.client.Fault as fault:
             raise SupervisorError(fault.faultCode, fault.faultString) from None
         except xmlrpc.client.ProtocolError as err:  # its text holds the URL, credentials included
@@ -161,8 +169,9 @@ class HttpSupervisorClient(SupervisorClient):
     An authentication failure is a `SupervisorUnavailable` whose text says so (HTTP 401): the host
     is then reported as refusing our credentials, not as down."""
 
-    def __init__(self, url: str, username: str, password: str, timeout_s: float = 5) -> None:
-        super().__init__(Path("/nonexistent"), timeout_s)
+    def __init__(self, url: str, username: str, password: str, timeout_s: float = 5, *,
+                 executor: Executor | None = None) -> None:
+        super().__init__(Path("/nonexistent"), timeout_s, executor=executor)
         parts = urllib.parse.urlsplit(url)
         if parts.scheme != "http" or not parts.hostname or parts.username or parts.query or parts.fragment:
             raise ValueError("a supervisord URL is http://ADDRESS:PORT (credentials are given separately)")

@@ -98,3 +98,16 @@ def test_detections_are_counted_and_the_last_ones_kept() -> None:
             vehicle=VehicleResult(confidence=0.9)))
     assert cam.as_json()["detections"] == RECENT_DETECTIONS + 5
     assert [d.track_id for d in cam.recent] == list(range(5, RECENT_DETECTIONS + 5)), "bounded, newest last"
+
+
+def test_a_camera_placed_anew_forgets_its_old_copys_process_and_stream() -> None:
+    cam = running(CameraState("cam-a", "camera-cam-a"), pid=100)
+    cam.on_status(status())
+    cam.on_heartbeat(Heartbeat(camera="cam-a", sent_at=time.time(), pid=100, uptime_s=3.0))
+    assert cam.online and cam.heard
+    cam.on_placed(1_700_000_000_000)  # moved to another host: a new copy, not yet started
+    assert (cam.process_state, cam.pid, cam.worker_pid, cam.online, cam.heard, cam.phase) == (
+        "UNKNOWN", None, None, False, False, "starting")
+    assert cam.epoch == 1_700_000_000_000
+    running(cam, pid=100)  # the new host's pid may equal the old one's: a first start, not a restart
+    assert cam.restarts == 0 and cam.process_state == "RUNNING"

@@ -153,3 +153,33 @@ def test_placement_survives_a_gateway_restart_and_a_lost_host_moves_its_cameras(
             assert out["epochs"][c] > out["first"][c][1]  # a new placement, a higher epoch
     view = {h["name"]: h for h in out["hosts"]}
     assert not view[next(n for n in view if n != kept)]["up"] and view[kept]["cameras"] == 2
+
+
+def test_only_hosts_whose_share_changed_are_applied_and_a_host_that_lost_programs_gets_them_again(
+        tmp_path: Path, hosts: list[LoopbackHost]) -> None:
+    import xmlrpc.client
+
+    async def run() -> None:
+        fleet = fleet_of(tmp_path, hosts)
+        await fleet.open(lambda: None)
+        try:
+            two = cameras(tmp_path, "cam-1", "cam-2")
+            first = await fleet.apply_cameras(two)
+            assert first.ok and first.added == ["camera-cam-1", "camera-cam-2"], first
+            again = await fleet.apply_cameras(two)  # nothing changed: no host is asked anything
+            assert again.ok and not (again.added or again.unchanged or again.specs_changed), again
+            third = await fleet.apply_cameras(cameras(tmp_path, "cam-1", "cam-2", "cam-3"))
+            # only cam-3's host took an apply: its other camera is the one unchanged program
+            assert third.ok and third.added == ["camera-cam-3"] and len(third.unchanged) == 1, third
+            host = next(h for h in hosts if h.name == fleet.host_of("cam-3"))
+            proxy = xmlrpc.client.ServerProxy(f"http://fleet:{PASSWORD}@127.0.0.1:{host.port}/RPC2")
+            proxy.supervisor.stopProcess("camera-cam-3")  # the host loses a program behind the gateway's back
+            proxy.supervisor.removeProcessGroup("camera-cam-3")
+            assert "camera-cam-3" not in await fleet.states()
+            healed = await fleet.apply_cameras(cameras(tmp_path, "cam-1", "cam-2", "cam-3"))
+            assert healed.ok and healed.added == ["camera-cam-3"], healed
+            assert (await fleet.program_state("camera-cam-3")) is not None
+        finally:
+            await fleet.close()
+
+    asyncio.run(run())
