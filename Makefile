@@ -5,7 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 SUPERVISORCTL := $(VENV)/bin/supervisorctl -c conf/supervisord.conf
 
-.PHONY: help bootstrap lock run stop status reload demo test check lint typecheck unit fast bench models fuzz soak clean
+.PHONY: help bootstrap lock run stop status reload demo test check lint typecheck unit fast bench models models-real fuzz soak clean
 
 help:
 	@echo "make run      start the fleet (supervisord + demo RTSP cameras), offline"
@@ -17,6 +17,7 @@ help:
 	@echo "make lock     regenerate requirements/*.txt from pyproject.toml (LOCK_ARGS=--upgrade to move)"
 	@echo "make bench    print model accuracy and speed figures"
 	@echo "make models   retrain the stand-in models from generated data and repack the archive"
+	@echo "make models-real  not in CI: YOLOv8n-size models (~1 h), build/models-real/ (REAL_ARGS=--int8)"
 	@echo "make fuzz     the hostile-input suite with many more fuzz cases (FUZZ_EXAMPLES=5000)"
 	@echo "make soak     not in CI: 100 worker kill -9s (exactly once), then 4 cameras for SOAK_MINUTES (60)"
 
@@ -82,6 +83,12 @@ bench: bootstrap
 
 models: bootstrap
 	$(PY) scripts/train_models.py
+
+# Not in CI: YOLOv8n/YOLOv8n-cls-size models on the synthetic world (~30 min detector budget,
+# REAL_ARGS="--det-minutes 60 --int8" etc.); the archive goes to build/models-real/ (docs/models.md).
+REAL_ARGS ?=
+models-real: bootstrap
+	$(PY) scripts/train_real_models.py $(REAL_ARGS)
 
 fuzz: bootstrap
 	@eval "$$($(PY) scripts/test_services.py)" && FUZZ_EXAMPLES=$${FUZZ_EXAMPLES:-5000} \

@@ -94,11 +94,12 @@ class _DetectionChunk:
     seed: int
     offset: int
     scale: float
+    size: tuple[int, int] = (640, 480)
 
     def __call__(self, start: int, stop: int) -> None:
         images, labels = self.root / "images" / self.split, self.root / "labels" / self.split
         for i in range(start, stop):
-            sample = render_sample(self.seed, self.offset + i)
+            sample = render_sample(self.seed, self.offset + i, *self.size)
             h, w = sample.image.shape[:2]
             image = sample.image
             if self.scale != 1.0:
@@ -114,16 +115,17 @@ class _DetectionChunk:
 
 
 def write_detection_set(root: Path, seed: int, n_train: int, n_val: int, workers: int = 1,
-                        scale: float = 1.0) -> Path:
+                        scale: float = 1.0, *, size: tuple[int, int] = (640, 480)) -> Path:
     """A YOLO detect dataset under `root`; returns its data.yaml.
 
-    `scale` < 1 stores smaller images: a detector trained at imgsz 320 sees them at that size
-    anyway, and smaller files make every epoch's loading and augmentation cheaper.
+    Frames are rendered at `size` (width, height). `scale` < 1 stores smaller images: a detector
+    trained at imgsz 320 sees them at that size anyway, and smaller files make every epoch's
+    loading and augmentation cheaper.
     """
     for split, n, offset in (("train", n_train, 0), ("val", n_val, VAL_OFFSET)):
         (root / "images" / split).mkdir(parents=True, exist_ok=True)
         (root / "labels" / split).mkdir(parents=True, exist_ok=True)
-        _parallel(_DetectionChunk(root, split, seed, offset, scale), n, workers)
+        _parallel(_DetectionChunk(root, split, seed, offset, scale, size), n, workers)
     data = root / "data.yaml"
     data.write_text(yaml.safe_dump({"path": str(root.resolve()), "train": "images/train", "val": "images/val",
                                     "names": dict(enumerate(DETECTOR_CLASSES))}, sort_keys=False))
@@ -138,10 +140,11 @@ def jitter_box(box: Box, rng: np.random.Generator, amount: float = 0.06) -> tupl
     return x1 + d[0] * w, y1 + d[1] * h, x2 + d[2] * w, y2 + d[3] * h
 
 
-def classification_crops(seed: int, index: int, brand_size: int,
-                         body_size: int) -> tuple[Image, str, Image, str] | None:
-    """(frontal crop, brand, car crop, body type) of one vehicle, or None if it fell out of view."""
-    sample = render_sample(seed, index, max_vehicles=1, fully_visible=True)
+def classification_crops(seed: int, index: int, brand_size: int, body_size: int, *,
+                         size: tuple[int, int] = (640, 480)) -> tuple[Image, str, Image, str] | None:
+    """(frontal crop, brand, car crop, body type) of one vehicle in a frame of `size` (width,
+    height), or None if it fell out of view."""
+    sample = render_sample(seed, index, *size, max_vehicles=1, fully_visible=True)
     if not sample.objects or sample.objects[0].frontal_box is None:
         return None
     obj = sample.objects[0]
@@ -163,10 +166,12 @@ class _ClassificationChunk:
     offset: int
     brand_size: int
     body_size: int
+    size: tuple[int, int] = (640, 480)
 
     def __call__(self, start: int, stop: int) -> None:
         for i in range(start, stop):
-            crops = classification_crops(self.seed, self.offset + i, self.brand_size, self.body_size)
+            crops = classification_crops(self.seed, self.offset + i, self.brand_size, self.body_size,
+                                         size=self.size)
             if crops is None:
                 continue
             front, brand, car, body = crops
@@ -175,11 +180,14 @@ class _ClassificationChunk:
 
 
 def write_classification_sets(brand_root: Path, body_root: Path, seed: int, n_train: int, n_val: int,
-                              brand_size: int, body_size: int, workers: int = 1) -> None:
-    """ImageFolder trees (`<root>/<split>/<class>/*.png`) for the brand and body-type classifiers."""
+                              brand_size: int, body_size: int, workers: int = 1, *,
+                              size: tuple[int, int] = (640, 480)) -> None:
+    """ImageFolder trees (`<root>/<split>/<class>/*.png`) for the brand and body-type classifiers,
+    cropped from frames of `size` (width, height)."""
     for root, names in ((brand_root, BRAND_NAMES), (body_root, BODY_TYPE_NAMES)):
         for split in ("train", "val"):
             for name in names:
                 (root / split / name).mkdir(parents=True, exist_ok=True)
     for split, n, offset in (("train", n_train, 0), ("val", n_val, VAL_OFFSET)):
-        _parallel(_ClassificationChunk(brand_root, body_root, split, seed, offset, brand_size, body_size), n, workers)
+        _parallel(_ClassificationChunk(brand_root, body_root, split, seed, offset, brand_size, body_size, size),
+                  n, workers)
