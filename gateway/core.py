@@ -72,6 +72,7 @@ class Gateway:
         self._dirty = asyncio.Event()
         self._applied = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
+        self._rechecks: dict[str, asyncio.Task[None]] = {}  # camera id → its pending STARTING → RUNNING check
         self._backend_gone: asyncio.Task[None] | None = None
         self.started_at = time.monotonic()
 
@@ -99,7 +100,7 @@ class Gateway:
         self.mark_dirty()
 
     async def stop(self) -> None:
-        tasks = [*self._tasks, *([self._backend_gone] if self._backend_gone else [])]
+        tasks = [*self._tasks, *self._rechecks.values(), *([self._backend_gone] if self._backend_gone else [])]
         for task in tasks:
             task.cancel()
         for task in tasks:
@@ -278,7 +279,32 @@ class Gateway:
             return False
         if state is not None:
             state.on_process_state(info.state, info.pid)
+            if info.state == "STARTING" and self.supervisor.host_of(camera_id) is not None:
+                startsecs = self.programs[camera_id].startsecs
+                elapsed = info.now - info.start if info.now and info.start else 0.0
+                self._recheck_later(camera_id, name, max(0.2, startsecs - elapsed + 0.2))
         return True
+
+    def _recheck_later(self, camera_id: str, name: str, delay: float) -> None:
+        """Ask its supervisord again once startsecs are over. Another host's supervisord sends the gateway
+        no events: without this the camera would show RUNNING (and online) only at the next reconcile."""
+        if camera_id in self._rechecks:
+            return
+
+        async def recheck() -> None:
+            try:
+                await asyncio.sleep(delay)
+                info = await self.supervisor.program_state(name)
+                state, program = self.states.get(camera_id), self.programs.get(camera_id)
+                if info is not None and state is not None and program is not None and program.name == name and (
+                        info.state != state.process_state or (info.pid or None) != state.pid):
+                    state.on_process_state(info.state, info.pid or None)
+            except RPC_ERRORS:
+                pass  # the reconcile poll covers it
+            finally:
+                self._rechecks.pop(camera_id, None)
+
+        self._rechecks[camera_id] = asyncio.create_task(recheck(), name=f"recheck-{camera_id}")
 
     def identity(self, camera_id: str) -> bytes:
         """The camera's worker on the control socket. A worker says hello only when it starts, so one
@@ -381,13 +407,7 @@ class Gateway:
             program = self.programs.get(camera_id)
             if program is None or camera_id in self.desired.operator_stopped or state.process_state != "RUNNING":
                 continue
-            why = None
-            if state.heard and state.silent_for() > timeout:
-                why = f"no heartbeat for {state.silent_for():.0f} s while its process runs"
-            elif not state.heard and state.silent_for() > startup:
-                why = f"no word for {state.silent_for():.0f} s since its process started (startup_timeout)"
-            elif state.starting_for() > startup:
-                why = f"still {state.phase} after {state.starting_for():.0f} s (startup_timeout)"
+            why = state.hung(heartbeat_timeout=timeout, startup_timeout=startup)
             if why is not None:
                 log.error("camera %s: %s: restarting it", camera_id, why)
                 state.on_hung_restart()

@@ -97,6 +97,16 @@ class CameraState:
         self.detections += 1
         self.recent.append(msg)
 
+    def hung(self, *, heartbeat_timeout: float, startup_timeout: float) -> str | None:
+        """Why its running process counts as hung (the watchdog restarts it), or None."""
+        if self.heard and self.silent_for() > heartbeat_timeout:
+            return f"no heartbeat for {self.silent_for():.0f} s while its process runs"
+        if not self.heard and self.silent_for() > startup_timeout:
+            return f"no word for {self.silent_for():.0f} s since its process started (startup_timeout)"
+        if self.starting_for() > startup_timeout:
+            return f"still {self.phase} after {self.starting_for():.0f} s (startup_timeout)"
+        return None
+
     def on_hung_restart(self) -> None:
         """The gateway restarts this worker because its heartbeats stopped while the process ran."""
         self.hung_restarts += 1

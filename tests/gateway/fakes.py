@@ -50,6 +50,7 @@ class FakeSupervisor:
         self.programs: dict[str, ProgramSpec] = {}
         self.running: dict[str, int] = {}  # name → pid
         self.calls: list[tuple[str, str]] = []
+        self.starting: dict[str, float] = {}  # name → its start (wall clock): STARTING until removed
         self._next_pid = 1000
 
     def _spawn(self, name: str) -> None:
@@ -78,9 +79,12 @@ class FakeSupervisor:
         return report
 
     async def states(self) -> dict[str, ProcessInfo]:
-        return {name: ProcessInfo(name=name, group=name, state="RUNNING" if name in self.running else "STOPPED",
-                                  pid=self.running.get(name, 0), start=1, stop=0, exitstatus=0, spawnerr="",
-                                  description="")
+        def state(name: str) -> str:
+            return ("STARTING" if name in self.starting else "RUNNING") if name in self.running else "STOPPED"
+
+        return {name: ProcessInfo(name=name, group=name, state=state(name), pid=self.running.get(name, 0),
+                                  start=self.starting.get(name, 1), stop=0, exitstatus=0, spawnerr="",
+                                  description="", now=time.time())
                 for name in self.programs}
 
     async def start(self, name: str) -> None:

@@ -351,3 +351,24 @@ async def test_a_full_outbox_and_a_broken_display_show_in_state_report(settings:
         assert "error" not in connections["d1;cam-1"], "the other display of the camera runs"
         assert all(c["storeQuotaFull"] is True for c in connections.values())
         assert b"fleet_camera_store_quota_full{camera=\"cam-1\"} 1.0" in h.metrics.render()
+
+
+@run_async
+async def test_a_camera_on_another_host_shows_running_once_its_startsecs_are_over(settings: Any) -> None:
+    # another host's supervisord sends the gateway no events: the gateway asks again after startsecs
+    async with Harness(settings) as h:
+        h.gateway.supervisor.host_of = lambda camera_id: "host-x"  # type: ignore[method-assign]
+        await h.send({"type": "subscribe", "payload": sub("d1", "cam-1")})
+        await h.applied()
+        name = h.gateway.programs["cam-1"].name
+        startsecs = h.gateway.programs["cam-1"].startsecs
+        h.supervisor.starting[name] = time.time() - (startsecs - 0.3)  # its startsecs end in 0.3 s
+        worker = h.worker("cam-1")
+        try:
+            assert isinstance(await worker.hello(), Control)
+            assert h.gateway.states["cam-1"].process_state == "STARTING"
+            del h.supervisor.starting[name]  # supervisord counts it RUNNING now
+            await asyncio.sleep(1.0)  # well before the 5 s reconcile poll
+            assert h.gateway.states["cam-1"].process_state == "RUNNING"
+        finally:
+            worker.close()
