@@ -168,14 +168,14 @@ with the pid of that program), and the removed program's group gone from its hos
 kill: `/hosts` says it is down, every one of its cameras RUNNING on another host, and online at the gateway with \
 the new process's pid (polled every 0.5 s). Steady: CPU over 10 s with every camera heartbeating.
 
-What limits it: every change re-sends each host its whole share (`fleet.apply` with ~{per} specs, validated and \
-compared file by file inside supervisord's own process), and each host's `reloadConfig` re-reads all its program \
-files, before the one `addProcessGroup` and supervisord's startsecs; removing waits for the worker to stop. The \
-gateway learns that a remote program is RUNNING only from its reconcile poll every {reconcile} s (worker hosts have \
-no event listener, and a worker's hello only shows it STARTING), so "online" comes 0–{reconcile} s after RUNNING. \
-Failover is down_after_s (silence counted from the host's last answer, so it can come a check interval early), \
-one apply placing the lost cameras (on the host with the most free slots), and then the same start as an add for \
-each of them, {first} s for the first."""
+What limits it: a change is sent only to the host whose share changed (`fleet.apply` with its ~{per} specs, \
+validated and compared file by file inside supervisord's own process), whose `reloadConfig` re-reads all its \
+program files, before the one `addProcessGroup` and supervisord's startsecs; removing waits for the worker to \
+stop. Worker hosts send no events: a worker's hello finds its program STARTING, and the gateway asks that host \
+again once startsecs are over (the reconcile poll every {reconcile} s is only the fallback), so "online" follows \
+RUNNING closely instead of 0–{reconcile} s later. Failover is down_after_s (silence counted from the host's \
+last answer, so it can come a check interval early), one apply placing the lost cameras (on the host with the \
+most free slots), and then the same start as an add for each of them, {first} s for the first."""
 
 
 BUS_TEXT = """One receiver process and {senders} sender processes per row, all on this machine; tcp:// over \
