@@ -40,6 +40,11 @@ def session_options(threads: int) -> ort.SessionOptions:
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     options.log_severity_level = 3  # errors only: ORT warns about unused initializers etc. on every load
     options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    # No pre-planned block for all of a run's intermediate tensors: they come from the session's
+    # arena one by one, reusing what earlier nodes freed. −3 MB RSS for the stand-in's three sessions
+    # (issue #14), CPU time per inference unchanged (±1 %). The arena itself stays: turning it off
+    # too kept 4 MB more (freed blocks stay in malloc's heap) and ran 3 % slower.
+    options.enable_mem_pattern = False
     return options
 
 

@@ -142,6 +142,14 @@ def test_providers_fall_back_to_the_cpu(monkeypatch: pytest.MonkeyPatch) -> None
         onnx_backend.session_options(0)
 
 
+def test_session_options_keep_the_arena_without_a_memory_pattern() -> None:
+    from detector_worker.pipeline import onnx_backend
+
+    options = onnx_backend.session_options(1)
+    assert options.enable_mem_pattern is False  # issue #14: intermediates reuse the arena, -3 MB RSS
+    assert options.enable_cpu_mem_arena is True  # without the arena every run allocates afresh (slower)
+
+
 # --- the safe loader and the confined converter ------------------------------------------------
 
 CANARY_PT = textwrap.dedent("""

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from gateway.supervisor.programs import (
+    WORKER_ENVIRONMENT,
     EventListenerSpec,
     Here,
     ProgramSpec,
@@ -103,6 +104,22 @@ def test_program_for_camera_uses_only_the_slug(tmp_path: Path) -> None:
             assert camera_id not in text
     assert program_for_camera("cam-001", python="p", spec_path=tmp_path, project_dir=tmp_path,
                               log_dir=tmp_path).name == "camera-cam-001"
+
+
+def test_workers_get_the_memory_settings(tmp_path: Path) -> None:
+    """glibc and OpenBLAS read these at process start: they must be in every camera's program (issue #14)."""
+    from supervisor.datatypes import dict_of_key_value_pairs
+
+    assert WORKER_ENVIRONMENT == {"MALLOC_MMAP_THRESHOLD_": "2097152", "MALLOC_TRIM_THRESHOLD_": "8388608",
+                                  "MALLOC_ARENA_MAX": "2", "OPENBLAS_NUM_THREADS": "1"}
+    program = program_for_camera("cam-001", python="/venv/bin/python", spec_path=tmp_path / "s.json",
+                                 project_dir=tmp_path, log_dir=tmp_path)
+    line = next(x for x in render(program).splitlines() if x.startswith("environment="))
+    assert dict_of_key_value_pairs(line.removeprefix("environment=")) == {"PYTHONUNBUFFERED": "1",
+                                                                          **WORKER_ENVIRONMENT}
+    own = program_for_camera("cam-001", python="/venv/bin/python", spec_path=tmp_path / "s.json",
+                             project_dir=tmp_path, log_dir=tmp_path, environment={"MALLOC_ARENA_MAX": "4"})
+    assert own.environment["MALLOC_ARENA_MAX"] == "4"  # a program's own setting wins
 
 
 def test_write_programs_is_minimal_and_leaves_other_files_alone(tmp_path: Path) -> None:
