@@ -228,6 +228,24 @@ def hosts(res: dict[str, Any], path: Path) -> Path:
     return _save(fig, path)
 
 
+def realistic(res: dict[str, Any], path: Path) -> Path:
+    """CPU per camera-hour by variant, one group of bars per resolution (and the INT8 detector run)."""
+    variants = [("bare-ultralytics", "bare Ultralytics"), ("worker-ungated", "worker, ungated"),
+                ("worker-gated", "worker, gated"), ("decode-only", "decode only")]
+    runs = sorted(res["runs"], key=lambda k: (-res["runs"][k]["clip"]["height"], k))
+    fig, ax = plt.subplots(figsize=(8, 4))
+    width = 0.8 / len(runs)
+    for i, key in enumerate(runs):
+        got = res["runs"][key]["variants"]
+        values = [got[v]["core_s_per_camera_hour"] if v in got else 0.0 for v, _ in variants]
+        ax.bar([x + i * width for x in range(len(variants))], values, width, label=key)
+    ax.set_xticks([x + width * (len(runs) - 1) / 2 for x in range(len(variants))], [label for _, label in variants])
+    ax.set_ylabel("CPU core-seconds per camera-hour")
+    ax.set_title("Day footage, YOLOv8n-size detector at 640, max_fps 5 (lower is better)")
+    ax.legend()
+    return _save(fig, path)
+
+
 def plot_all(results: dict[str, Any], out: Path) -> dict[str, str]:
     made: dict[str, str] = {}
     jobs = [
@@ -241,6 +259,7 @@ def plot_all(results: dict[str, Any], out: Path) -> dict[str, str]:
         ("startup", lambda p: startup(results["fleet"]["startup"], p), "fleet" in results),
         ("control", lambda p: control(results["control"], p), "control" in results),
         ("hosts", lambda p: hosts(results["hosts"], p), "hosts" in results),
+        ("realistic", lambda p: realistic(results["realistic"], p), "runs" in (results.get("realistic") or {})),
     ]
     for name, fn, present in jobs:
         if not present:

@@ -381,6 +381,13 @@ def write_report(results: dict[str, Any], plots: dict[str, str], out: Path) -> P
         heads += h
         sections.append("## 9. Several hosts: control plane, failover, bus throughput with CURVE\n\n" + text
                         + img("hosts"))
+    if "runs" in (results.get("realistic") or {}):
+        from .realistic_report import realistic_report
+
+        text, h = realistic_report(results["realistic"])
+        heads += h
+        sections.append("## 10. Real cameras: day footage at 1080p and 720p, a real-size detector\n\n" + text
+                        + img("realistic"))
     errors = results.get("errors", {})
     m = results["machine"]
     doc = [
