@@ -212,7 +212,8 @@ class WorkerSpec(StrictModel):
     source: SourceSettings
     subscriptions: list[Subscription] = Field(default_factory=list, max_length=limits.MAX_DISPLAYS_PER_CAMERA)
     max_fps: float | None = Field(None, gt=0, le=120)
-    stall_timeout_s: float = Field(10.0, gt=0, le=600)
+    # up to a snapshot camera's longest interval plus its read timeout: the gateway derives it from both
+    stall_timeout_s: float = Field(10.0, gt=0, le=limits.MAX_SNAPSHOT_INTERVAL_MS / 1000 + 300)
     backoff: BackoffSettings = BackoffSettings()
     bus: BusSettings = BusSettings()
     inference: InferenceSettings = InferenceSettings()

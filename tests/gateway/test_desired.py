@@ -198,3 +198,16 @@ def test_the_backends_cameras_take_the_gateways_motion_and_static_ones_their_own
     assert plans["cam"].spec.motion.enabled  # cameras.yaml's own (default) block
     desired = DesiredState(settings, cameras)
     assert desired.host_labels("cam") == frozenset({"gpu"}) and desired.host_labels("other") == frozenset()
+
+
+def test_a_snapshot_camera_with_the_longest_interval_is_planned(tmp_path: Path) -> None:
+    from detector_worker.limits import MAX_SNAPSHOT_INTERVAL_MS
+
+    source = SourceSettings(kind="snapshot", url="http://10.0.0.1/snap.jpg",
+                            snapshot_interval_ms=MAX_SNAPSHOT_INTERVAL_MS)
+    slow = Subscription(subscription_identifier="d1;cam", source=source,
+                        model=ModelRef(url="http://models/m.mpta", id=1))
+    plans, refusals = plan(settings_for(tmp_path), None, [slow])
+    assert not refusals
+    # it is not a stall to wait the whole interval (and the read timeout) for the next snapshot
+    assert plans["cam"].spec.stall_timeout_s > MAX_SNAPSHOT_INTERVAL_MS / 1000
