@@ -296,9 +296,8 @@ class Gateway:
                 await asyncio.sleep(delay)
                 info = await self.supervisor.program_state(name)
                 state, program = self.states.get(camera_id), self.programs.get(camera_id)
-                if info is not None and state is not None and program is not None and program.name == name and (
-                        info.state != state.process_state or (info.pid or None) != state.pid):
-                    state.on_process_state(info.state, info.pid or None)
+                if info is not None and state is not None and program is not None and program.name == name:
+                    state.on_polled(info.state, info.pid or None)
             except RPC_ERRORS:
                 pass  # the reconcile poll covers it
             finally:
@@ -391,8 +390,8 @@ class Gateway:
             if info is None:
                 missing = True
                 state.on_process_state("UNKNOWN", None)
-            elif info.state != state.process_state or (info.pid or None) != state.pid:
-                state.on_process_state(info.state, info.pid or None)
+            else:
+                state.on_polled(info.state, info.pid or None)
         if missing:
             self.mark_dirty()  # e.g. supervisord restarted without our programs: add them again
         await self.restart_hung()

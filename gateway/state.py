@@ -120,6 +120,12 @@ class CameraState:
         self.phase, self.phase_detail, self.phase_since = "starting", None, time.monotonic()
         self._seen_running = False
 
+    def on_polled(self, state: str, pid: int | None) -> None:
+        """supervisord's view as polled: taken only when it changed (a repeated RUNNING would otherwise
+        give the process a fresh heartbeat timeout on every poll)."""
+        if state != self.process_state or pid != self.pid:
+            self.on_process_state(state, pid)
+
     def on_process_state(self, state: str, pid: int | None) -> None:
         """supervisord's view; a RUNNING after a previous RUNNING means the process was restarted."""
         if state == "RUNNING":

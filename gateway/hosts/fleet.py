@@ -140,6 +140,8 @@ class HostFleet:
         self._task = asyncio.create_task(self._watch(), name="hosts")
 
     async def close(self) -> None:
+        if self._retry is not None:
+            self._retry.cancel()
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
