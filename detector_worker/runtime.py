@@ -52,6 +52,7 @@ from .video.sources import SourceSpec, make_source
 
 log = logging.getLogger("detector_worker")
 TICK_S = 0.1
+MIRROR_WAIT_S = 0.5  # longest a detection waits for the outbox mirror (several hosts only)
 EXIT_OK, EXIT_CANNOT_START, EXIT_MEMORY = 0, 1, 3
 
 
@@ -234,6 +235,14 @@ class Worker:
                 result = vehicle_result(cycle)
                 for display in group.displays:
                     display.on_cycle(cycle)  # writes now if a session is bound
+                # on several hosts: the vehicle's fired state and writes reach the outbox's mirror before the
+                # gateway hears of it, so a host lost in between leaves no reported vehicle unknown to the
+                # copy that takes over (it would fire again: a second session). A few ms; bounded when
+                # Redis is away (the detection goes out then, as on one host).
+                if not self.outbox.wait_mirrored(MIRROR_WAIT_S):
+                    log.warning("vehicle %d: its state is not mirrored yet (Redis slow or away): reported anyway",
+                                cycle.track_id)
+                for display in group.displays:
                     self._send_detection(display, cycle, result)
 
     def _send_snapshot(self, image: np.ndarray, captured_at: float) -> None:

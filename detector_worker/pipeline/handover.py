@@ -24,8 +24,11 @@ background thread to one Redis hash per camera, `fleet:outbox:<fleet id>:<slug>`
 - Redis unreachable: changes wait; once it answers again the whole outbox is pushed (a resync),
   so nothing in between is missed. Writes to the stores never wait for the mirror.
 
-What survives a move is what reached Redis before the host was lost (changes are written within
-milliseconds; a partition in that instant loses them, as a disk loss would on one host).
+What survives a move is what reached Redis before the host was lost. Changes are written within
+milliseconds, and a vehicle's cycle (it fired, the writes it made) is in Redis before the gateway hears
+of the vehicle: the worker waits for it (`wait_mirrored`, at most runtime.MIRROR_WAIT_S), so a host
+lost in between cannot leave a reported vehicle unknown to the next copy, which would report it again
+(a second session). Other changes in that instant are lost, as a disk loss would lose them on one host.
 """
 
 from __future__ import annotations
@@ -124,6 +127,9 @@ class OutboxReplica:
         self.fenced = False
         self._checked = 0.0  # monotonic time of the last epoch check
         self._thread: threading.Thread | None = None
+        self._progress = threading.Condition()
+        self._closing = threading.Event()
+        self._queued = self._mirrored = 0  # changes queued / written to Redis so far (wait_mirrored)
 
     def _redis(self) -> redis.Redis:
         if self._conn is None:
@@ -157,11 +163,11 @@ class OutboxReplica:
             return True
         now = time.monotonic()
         if now - self._checked >= FENCE_CHECK_S:
-            self._checked = now
             try:
                 current = self._redis().hget(self.key, "epoch")
-            except Exception:  # unreachable: the write itself will find out
-                return False
+            except Exception:  # unreachable: the write itself will find out; asked again at the next write, so
+                return False  # the first write after a partition heals never goes by an answer from before it
+            self._checked = now
             if current is not None and int(current) > self.epoch:
                 self._fence(int(current))
         return self.fenced
@@ -178,11 +184,30 @@ class OutboxReplica:
         self._thread.start()
 
     def changed(self, ops: Iterable[Op]) -> None:
-        for op in ops:
-            self._queue.put(op)
+        with self._progress:
+            for op in ops:
+                self._queue.put(op)
+                self._queued += 1
+
+    def wait_mirrored(self, timeout: float) -> bool:
+        """Wait until every change queued so far is in Redis (False: not within `timeout`, e.g. Redis
+        unreachable). The worker calls it between a vehicle's cycle and telling the gateway of it, so a
+        host lost in that instant cannot leave a reported vehicle unknown to the copy that takes over."""
+        if self._thread is None:
+            return True  # not mirroring (yet): nothing to wait for
+        deadline = time.monotonic() + timeout
+        with self._progress:
+            target = self._queued
+            while self._mirrored < target and not self.fenced:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return False
+                self._progress.wait(left)
+        return True
 
     def close(self) -> None:
         if self._thread is not None:
+            self._closing.set()
             self._queue.put(None)
             self._thread.join(2.0)
 
@@ -203,6 +228,9 @@ class OutboxReplica:
                     return
                 batch.append(op)
             self._write(batch)
+            with self._progress:
+                self._mirrored += len(batch)
+                self._progress.notify_all()
 
     def _write(self, batch: list[Op]) -> None:
         import redis
@@ -219,7 +247,8 @@ class OutboxReplica:
                 if not self._resync:
                     self.log.warning("outbox mirror: Redis unreachable (%s); resyncing when it is back", err)
                 self._resync = True  # the whole outbox then: it includes this batch
-                threading.Event().wait(RETRY_S)
+                if self._closing.wait(RETRY_S):
+                    return  # the worker is stopping: its file keeps the changes (a restart in place pushes them)
 
     def _whole(self) -> list[Op]:
         assert self._outbox is not None

@@ -261,6 +261,10 @@ class Outbox:
         """A newer placement of this camera took over (several hosts): write nothing more."""
         return self.replica is not None and self.replica.is_fenced()
 
+    def wait_mirrored(self, timeout: float) -> bool:
+        """Every change so far is in the replica (several hosts; at once on one host). handover.py."""
+        return self.replica is None or self.replica.wait_mirrored(timeout)
+
     def snapshot(self) -> tuple[list[tuple[int, str, str | None, str | None, bytes]], dict[str, bytes]]:
         """Every entry (id, channel, ikey, group, payload) in order, and the named state."""
         with self._lock:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import time
+import urllib.parse
 import uuid
 from collections.abc import Callable
 from pathlib import Path
@@ -104,3 +105,48 @@ def test_a_fenced_copy_writes_nothing_more_to_the_stores(tmp_path: Path, redis_u
         writer.close()
         a.close()
         redis.Redis.from_url(redis_url).delete(key)
+
+
+def test_a_change_is_in_redis_once_wait_mirrored_returns(tmp_path: Path, redis_url: str, slug: str) -> None:
+    """The worker waits for this between a vehicle's cycle and its detection (runtime.MIRROR_WAIT_S): a host lost
+    right after the gateway heard of the vehicle cannot leave the next copy without it."""
+    a = placed(tmp_path, redis_url, slug, 1, "host-a")
+    try:
+        for i in range(30):
+            a.put(f"fired:lane-{i}", f"vehicle {i}".encode())
+            assert a.wait_mirrored(5.0)
+            assert mirrored(redis_url, slug).get(f"k:fired:lane-{i}".encode()) == f"vehicle {i}".encode(), i
+    finally:
+        a.close()
+
+
+def test_wait_mirrored_gives_up_after_its_timeout_while_redis_is_away(tmp_path: Path) -> None:
+    outbox = Outbox(tmp_path / "away.sqlite")
+    replica = OutboxReplica("redis://127.0.0.1:9/0", "testfleet", "away", 1)  # discard port: refused at once
+    outbox.replica = replica
+    replica.attach(outbox)
+    try:
+        outbox.put("fired:lane", b"[]")
+        t0 = time.monotonic()
+        assert not outbox.wait_mirrored(0.3)
+        assert time.monotonic() - t0 < 3.0  # bounded: the detection still goes out
+    finally:
+        outbox.close()
+
+
+def test_the_first_write_after_redis_is_back_asks_for_the_epoch_again(redis_url: str, slug: str) -> None:
+    """A copy cut off by a partition checked the epoch and failed; when the partition heals, its next write
+    must not go by the time of that failed check (once a second): the camera may have moved meanwhile."""
+    from tests.gateway.hosts.netns import TcpForwarder
+    from tests.rtsp import free_port
+
+    target = urllib.parse.urlsplit(redis_url)
+    port = free_port()
+    stale = OutboxReplica(f"redis://127.0.0.1:{port}/{target.path.lstrip('/') or '0'}", "testfleet", slug, 1)
+    assert not stale.is_fenced()  # nothing listens: unknown, not fenced
+    assert OutboxReplica(redis_url, "testfleet", slug, 2).claim() is None  # the camera moved meanwhile
+    forwarder = TcpForwarder("127.0.0.1", port, (target.hostname or "127.0.0.1", target.port or 6379))
+    try:
+        assert stale.is_fenced()  # at once, not a second after the failed check
+    finally:
+        forwarder.close()
