@@ -229,7 +229,8 @@ class ProbeProcess:
 # -- the fleet ----------------------------------------------------------------------------------------
 class FleetHarness:
     def __init__(self, work: Path, *, model_cache: Path, mode: str = "tap", streams: dict[str, Path] | None = None,
-                 cameras: dict[str, Any] | None = None, max_sessions: int = 200, probe: bool = False) -> None:
+                 cameras: dict[str, Any] | None = None, max_sessions: int = 200, probe: bool = False,
+                 starts: dict[str, float] | None = None) -> None:
         self.work = work
         self.tapdir = work / "taps"
         self.tapdir.mkdir(parents=True, exist_ok=True)
@@ -245,7 +246,7 @@ class FleetHarness:
                                                      "max_concurrent_sessions": max_sessions}})
         conf = work / "fleet" / "conf" / "fleet.d" / "gateway.conf"
         conf.write_text(conf.read_text().replace(" -m gateway.cli ", " -m bench.gwtap "))
-        self.rtsp = RtspServer(streams) if streams else None
+        self.rtsp = RtspServer(streams, starts=starts) if streams else None
         self.taps = Taps(self.tapdir)
         self.probe: ProbeProcess | None = ProbeProcess(work / "probe.txt") if probe else None
         self.client: BackendClient | None = None

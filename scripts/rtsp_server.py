@@ -9,7 +9,8 @@ Run with Debian's python (needs python3-gi + gst-rtsp-server), not the venv:
 Design: each file's H.264 access units are demuxed once into memory at
 start-up.  Each stream is a live "camera": a clock that starts with the first
 client and from then on steps through the clip at its frame rate, looping,
-whether or not anyone is connected.  Every connected client's pipeline (a
+whether or not anyone is connected (from AU 0, or from the keyframe at or
+before `--start NAME=SECONDS`: cameras showing one clip out of step).  Every connected client's pipeline (a
 shared appsrc) gets the AU of each step; a client that (re)connects first gets
 the AUs from the latest keyframe up to the current one at once, so it decodes
 at once and is on the live timeline, as it would be with a real camera.  No
@@ -117,9 +118,9 @@ class LoopFactory(GstRtspServer.RTSPMediaFactory):
     """One shared live pipeline per path, fed by the path's Camera: every client sees the same
     'camera', and one that comes back later sees it where it is now, not from the start."""
 
-    def __init__(self, clip: Clip) -> None:
+    def __init__(self, clip: Clip, start_s: float = 0.0) -> None:
         super().__init__()
-        self.camera = Camera(clip)
+        self.camera = Camera(clip, start_s)
         self.set_launch(
             "( appsrc name=src is-live=true format=time do-timestamp=true"
             " ! h264parse ! rtph264pay name=pay0 pt=96 config-interval=1 )"
@@ -173,11 +174,14 @@ class Camera:
     through the AUs at the clip's frame rate, looping forever, and pushes each to every attached
     appsrc (none while nobody watches: the timeline runs on regardless)."""
 
-    def __init__(self, clip: Clip) -> None:
+    def __init__(self, clip: Clip, start_s: float = 0.0) -> None:
         self.clip = clip
         self.period = 1.0 / clip.fps
         self.sinks: list[GstApp.AppSrc] = []
-        self.idx, self.due = 0, 0.0  # the next AU and when it is due
+        first = int(start_s * clip.fps) % len(clip.aus)
+        # the first AU a client gets must decode on its own: the keyframe at or before the start
+        first = clip.keyframes[max(0, bisect.bisect_right(clip.keyframes, first) - 1)] if clip.keyframes else 0
+        self.idx, self.due = first, 0.0  # the next AU and when it is due
         self.running = False
 
     def attach(self, src: GstApp.AppSrc) -> None:
@@ -187,7 +191,7 @@ class Camera:
             for au in self.clip.since_keyframe((self.idx - 1) % len(self.clip.aus)):
                 self._push(src, au)
             self.sinks.append(src)
-        else:  # the first client switches the camera on, at AU 0
+        else:  # the first client switches the camera on, at its first AU
             self.sinks.append(src)
             self.running = True
             self._tick()
@@ -225,6 +229,8 @@ def parse_args(argv: list[str]) -> tuple[argparse.Namespace, dict[str, str]]:
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=8554)
     p.add_argument("--stream", action="append", required=True, metavar="NAME=FILE")
+    p.add_argument("--start", action="append", default=[], metavar="NAME=SECONDS",
+                   help="the stream's first frame (the keyframe at or before it); default 0")
     args = p.parse_args(argv)
     if not 0 <= args.port <= 65535:
         raise ArgError(f"invalid port {args.port}")
@@ -238,6 +244,17 @@ def parse_args(argv: list[str]) -> tuple[argparse.Namespace, dict[str, str]]:
         if not os.path.isfile(path):
             raise ArgError(f"stream {name!r}: file not found: {path}")
         streams[name] = path
+    args.starts = {}
+    for spec in args.start:
+        name, sep, value = spec.partition("=")
+        if not sep or name not in streams:
+            raise ArgError(f"invalid --start {spec!r}: need NAME=SECONDS of a --stream NAME")
+        try:
+            args.starts[name] = float(value)
+        except ValueError:
+            raise ArgError(f"invalid --start {spec!r}: SECONDS must be a number") from None
+        if not 0 <= args.starts[name] < 86400:
+            raise ArgError(f"invalid --start {spec!r}: SECONDS must be in [0, 86400)")
     return args, streams
 
 
@@ -255,7 +272,9 @@ def main(argv: list[str]) -> int:
         GLib.unix_signal_add(GLib.PRIORITY_HIGH, sig, on_signal)
     try:
         args, paths = parse_args(argv)
-        clips = {name: load_clip(path) for name, path in paths.items()}
+        loaded: dict[str, Clip] = {}  # streams of one file share its AUs (read-only)
+        clips = {name: loaded[path] if path in loaded else loaded.setdefault(path, load_clip(path))
+                 for name, path in paths.items()}
     except ArgError as e:
         print(f"rtsp_server: error: {e}", file=sys.stderr, flush=True)
         return 2
@@ -265,7 +284,7 @@ def main(argv: list[str]) -> int:
     server.set_service(str(args.port))
     mounts = server.get_mount_points()
     for name, clip in clips.items():
-        mounts.add_factory(f"/{name}", LoopFactory(clip))
+        mounts.add_factory(f"/{name}", LoopFactory(clip, args.starts.get(name, 0.0)))
     if not server.attach(None):  # binds + listens; gst sets SO_REUSEADDR (TIME_WAIT ok)
         print(f"rtsp_server: error: cannot listen on {args.host}:{args.port}"
               " (address in use or not available)", file=sys.stderr, flush=True)

@@ -46,8 +46,10 @@ class RtspServer:
         host: str = "127.0.0.1",
         port: int | None = None,
         ready_timeout: float = 15.0,
+        starts: Mapping[str, float] | None = None,
     ) -> None:
         self.streams = {name: str(path) for name, path in streams.items()}
+        self.starts = dict(starts or {})  # name -> the clip second its camera starts at (out of step)
         self.host = host
         self._port = port
         self.ready_timeout = ready_timeout
@@ -156,6 +158,8 @@ class RtspServer:
         cmd = [SYSTEM_PYTHON, str(SCRIPT), "--host", self.host, "--port", str(self.port)]
         for name, path in self.streams.items():
             cmd += ["--stream", f"{name}={path}"]
+        for name, start in self.starts.items():
+            cmd += ["--start", f"{name}={start:g}"]
         # Output goes to files, not pipes: nobody drains them after READY, and
         # a full pipe would block the server.
         with self._out.open("wb") as out, self._err.open("wb") as err:

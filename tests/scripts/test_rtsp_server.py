@@ -153,6 +153,23 @@ def test_a_client_reconnecting_after_n_seconds_sees_the_clip_n_seconds_on(tmp_pa
     assert abs(last - (first + (at - t0) * FPS)) <= 5, (first, last, at - t0, indices)
 
 
+def test_streams_of_one_clip_started_apart_show_it_out_of_step(tmp_path: Path) -> None:
+    """--start puts a camera's first frame at the keyframe at or before that second: many cameras can show
+    one clip without all seeing the same moment (the bench's realistic fleet)."""
+    clip = tmp_path / "long.mp4"
+    make_clip(clip, RED, 100)  # 10 s, keyframes every second
+    with RtspServer({"a": clip, "b": clip, "c": clip}, starts={"b": 4.5, "c": 12.0}) as server:
+        firsts = {}
+        for name in ("a", "b", "c"):
+            cap = open_capture(server.url(name))
+            try:
+                firsts[name] = frame_index(read_frame(cap))
+            finally:
+                cap.release()
+    # b starts at the keyframe before 4.5 s (frame 40); c at 12 s mod 10 s = 2 s (frame 20); a at 0
+    assert firsts["a"] <= 1 and 40 <= firsts["b"] <= 41 and 20 <= firsts["c"] <= 21, firsts
+
+
 def test_kill_then_restart_on_same_url(server: RtspServer) -> None:
     port = server.port
     cap = open_capture(server.url("cam2"))
@@ -249,13 +266,16 @@ def test_sigterm_and_sigint_exit_zero_promptly(server: RtspServer) -> None:
     ("{long}={clip}", "invalid --stream"),
     ("cam1={missing}", "file not found"),
     ("cam1", "invalid --stream"),
+    ("cam1={clip} --start cam2=3", "invalid --start"),
+    ("cam1={clip} --start cam1=soon", "must be a number"),
+    ("cam1={clip} --start cam1=-1", "must be in"),
 ])
 def test_bad_arguments_exit_2_with_one_line(
     clips: dict[str, Path], tmp_path: Path, spec: str, message: str
 ) -> None:
     spec = spec.format(clip=clips["cam1"], missing=tmp_path / "nope.mp4", long="x" * 65)
     proc = subprocess.run(
-        [SYSTEM_PYTHON, str(SCRIPT), "--port", "0", "--stream", spec],
+        [SYSTEM_PYTHON, str(SCRIPT), "--port", "0", "--stream", *spec.replace(" --start ", "\0--start\0").split("\0")],
         check=False, capture_output=True, text=True, timeout=30,
     )
     assert proc.returncode == 2, proc.stderr
