@@ -246,6 +246,55 @@ def realistic(res: dict[str, Any], path: Path) -> Path:
     return _save(fig, path)
 
 
+def sustained(res: dict[str, Any], path: Path) -> Path:
+    """Cameras vs p99 capture -> detection per resolution (real-size models), sustained steps marked."""
+    fig, ax = plt.subplots(figsize=(8, 3.8))
+    for i, key in enumerate(sorted(res, key=lambda k: (-res[k]["clip"]["height"], k))):
+        steps = sorted(res[key]["steps"], key=lambda s: s["cameras"])
+        xs = [s["cameras"] for s in steps]
+        ys = [s["capture_to_detection_ms"].get("p99", float("nan")) for s in steps]
+        ax.plot(xs, ys, "-", color=COLOURS[i], label=f"{key}: {res[key]['cameras_sustained']} sustained")
+        for s, y in zip(steps, ys, strict=True):
+            ax.plot(s["cameras"], y, "o" if s["sustained"] else "x", color=COLOURS[i], markersize=7)
+            recall = s["recall"] if s["recall"] is not None else 0.0
+            ax.annotate(f"fps≥{s['fps_min_motion'] or 0:.1f}\nrecall {recall:.2f}", (s["cameras"], y), fontsize=6,
+                        textcoords="offset points", xytext=(4, 4))
+    budget = next(iter(res.values()))["criteria"]["p99_capture_to_detection_ms"]
+    ax.axhline(budget, color="grey", linestyle="--", linewidth=1, label=f"budget {budget:.0f} ms")
+    ax.set_yscale("log")
+    ax.set_xlabel("cameras on this machine (o sustained, x not)")
+    ax.set_ylabel("capture → imageDetection p99 (ms, log)")
+    ax.set_title("Real-size models, motion-gated workers, day footage at 25 fps (max_fps 5)")
+    ax.legend(fontsize=8)
+    return _save(fig, path)
+
+
+def timeline(res: dict[str, Any], path: Path) -> Path:
+    """One camera's day: motion in the lane's ROI, detector calls per second, the visits and reports."""
+    motion, calls = res["motion_seconds"], res["detector_calls"]
+    t = list(range(len(calls)))
+    fig, ax = plt.subplots(figsize=(10, 3.6))
+    ax.fill_between(t, 0, [m * res["max_fps"] for m in motion], step="post", color=COLOURS[1], alpha=0.35,
+                    label="motion in the ROI")
+    ax.step(t, calls, where="post", color=COLOURS[0], linewidth=0.8, label="detector calls per second")
+    for j, (a, b) in enumerate(res["visits"]):
+        ax.axvspan(a, b, ymin=0.92, ymax=0.98, color=COLOURS[2], label="vehicle stopped (truth)" if j == 0 else None)
+    for j, (a, b) in enumerate(res["passes"]):
+        ax.axvspan(a, b, ymin=0.92, ymax=0.98, color=COLOURS[4], label="lane pass (truth)" if j == 0 else None)
+    for j, (_kind, a, b) in enumerate(res["light_events"]):
+        ax.axvspan(a, b, color="grey", alpha=0.12, label="light change (cloud, IR)" if j == 0 else None)
+    ax.plot(res["reported_at_s"], [res["max_fps"] * 1.08] * len(res["reported_at_s"]), "v", color=COLOURS[3],
+            label="visit reported")
+    ax.set_ylim(0, res["max_fps"] * 1.35)
+    ax.set_xlabel("seconds of the day clip")
+    ax.set_ylabel("per second")
+    clip = res["clip"]
+    ax.set_title(f"One camera's day ({clip['width']}x{clip['height']}): detector on "
+                 f"{res['detector_calls_total']} of {res['frames']} kept frames, recall {res['recall']:.2f}")
+    ax.legend(fontsize=7, loc="upper left", ncol=3)
+    return _save(fig, path)
+
+
 def plot_all(results: dict[str, Any], out: Path) -> dict[str, str]:
     made: dict[str, str] = {}
     jobs = [
@@ -260,6 +309,10 @@ def plot_all(results: dict[str, Any], out: Path) -> dict[str, str]:
         ("control", lambda p: control(results["control"], p), "control" in results),
         ("hosts", lambda p: hosts(results["hosts"], p), "hosts" in results),
         ("realistic", lambda p: realistic(results["realistic"], p), "runs" in (results.get("realistic") or {})),
+        ("sustained", lambda p: sustained(results["realistic"]["sustained"], p),
+         "sustained" in (results.get("realistic") or {})),
+        ("timeline", lambda p: timeline(results["realistic"]["timeline"], p),
+         "timeline" in (results.get("realistic") or {})),
     ]
     for name, fn, present in jobs:
         if not present:

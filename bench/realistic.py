@@ -104,6 +104,9 @@ def main() -> int:
     parser.add_argument("--gap-s", type=float, nargs=2, default=(20.0, 120.0), metavar=("MIN", "MAX"))
     parser.add_argument("--work", type=Path, default=ROOT / "build" / "bench-realistic")
     parser.add_argument("--skip-bare", action="store_true", help="no Ultralytics variant (no torch import)")
+    parser.add_argument("--timeline", action="store_true",
+                        help="only the gated worker, second by second (motion, detector calls, visits): "
+                             "results.json realistic.timeline, for the timeline plot")
     parser.add_argument("--detector-onnx", type=Path,
                         help="the 640 detector whose cost counts, e.g. make models-real's "
                              "build/models-real/car_frontal_detection_v8n.onnx (or .int8.onnx); "
@@ -133,6 +136,8 @@ def main() -> int:
     prepare_archive_dir(model_dir)
     instance = PipelineInstance(config, model_dir)
     load1 = os.getloadavg()[0]
+    if args.timeline:
+        return write_timeline(clip, truth, instance)
 
     sample: list[np.ndarray] = []
     decode(clip, fps, lambda i, img: sample.append(img) if len(sample) < 20 and i % 50 == 0 else None)
@@ -226,6 +231,51 @@ def main() -> int:
     return 0
 
 
+def write_timeline(clip: Path, truth: dict[str, Any], instance: Any) -> int:
+    """One camera's day through the gated lane, per second: motion seen in the ROI, detector calls and
+    why, the visits reported; beside the ground truth's visits and light changes."""
+    from bench.common import write_json
+    from detector_worker.config.spec import MotionSettings
+    from detector_worker.pipeline.engine import Lane
+    from detector_worker.synthetic.day import score_visits
+
+    fps = truth["fps"]
+    seconds = int(truth["n_frames"] / fps) + 1
+    motion, calls = [0] * seconds, [0] * seconds
+    why: dict[str, list[int]] = {}
+    lane = Lane(instance, tuple(truth["roi"]), motion=MotionSettings(enabled=True))
+    reports: list[tuple[int, Any]] = []
+
+    def step(i: int, image: np.ndarray) -> None:
+        before = dict(lane.gate_stats.reasons or {}) if lane.gate_stats else {}
+        for cycle in lane.process(image, i / fps, now=i / fps):
+            reports.append((i, cycle.detections["Car"].box))
+        second = int(i / fps)
+        motion[second] = max(motion[second], 1 if lane.motion_boxes() else 0)
+        after = (lane.gate_stats.reasons or {}) if lane.gate_stats else {}
+        for reason, n in after.items():
+            if n != before.get(reason, 0):
+                calls[second] += 1
+                why.setdefault(reason, [0] * seconds)[second] += 1
+
+    decode(clip, fps, step)
+    data = json.loads(RESULTS.read_text()) if RESULTS.is_file() else {}
+    data.setdefault("realistic", {})["timeline"] = {
+        "clip": {"path": clip.name, "width": truth["width"], "height": truth["height"], "fps": fps},
+        "max_fps": MAX_FPS, "motion_seconds": motion, "detector_calls": calls, "calls_by_reason": why,
+        "reported_at_s": [round(i / fps, 2) for i, _ in reports],
+        "visits": [[v["stop_from_s"], v["stop_to_s"]] for v in truth["vehicles"] if v["stopped_from"] is not None],
+        "passes": [[v["arrive_s"], v["leave_s"]] for v in truth["vehicles"] if v["stopped_from"] is None],
+        "light_events": [[e["kind"], e["first_frame"] / fps, e["last_frame"] / fps] for e in truth["light_events"]],
+        "detector_calls_total": lane.stats.detected, "frames": lane.stats.frames,
+        **score_visits(truth, reports)}
+    data["realistic"]["timeline"]["extra_reports"] = len(data["realistic"]["timeline"]["extra_reports"])
+    write_json(RESULTS, data)
+    t = data["realistic"]["timeline"]
+    print(f"timeline: {t['detector_calls_total']} detector calls of {t['frames']} frames, recall {t['recall']}")
+    return 0
+
+
 VARIANT_KEYS = {"bare-ultralytics": "bare_ultralytics", "worker-ungated": "worker_ungated",
                 "worker-gated": "worker_gated", "decode-only": "decode_only"}
 
@@ -243,7 +293,7 @@ def summary(runs: dict[str, Any], sustained: dict[str, Any] | None) -> dict[str,
             # the INT8 detector option against the same bare loop (which runs Ultralytics' FP32 PyTorch)
             "gated_int8_vs_bare_cpu": int8["core_s_per_camera_hour"] / cpu["bare_ultralytics"]
             if int8 and "bare_ultralytics" in cpu else None,
-            "cameras_sustained": sustained or {"1080p25": None, "720p25": None}}  # bench/fleet_sections: not yet
+            "cameras_sustained": sustained or {"1080p25": None, "720p25": None}}  # bench/sustained.py
 
 
 if __name__ == "__main__":

@@ -387,7 +387,7 @@ def write_report(results: dict[str, Any], plots: dict[str, str], out: Path) -> P
         text, h = realistic_report(results["realistic"])
         heads += h
         sections.append("## 10. Real cameras: day footage at 1080p and 720p, a real-size detector\n\n" + text
-                        + img("realistic"))
+                        + img("realistic") + img("sustained") + img("timeline"))
     errors = results.get("errors", {})
     m = results["machine"]
     doc = [
