@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 
 from . import footage
-from .common import MODEL_ID, MODEL_URL, CpuMeter, fmt, md_table, p50p99, say, smaps_rollup, summary, wait_until
+from .common import MODEL_ID, MODEL_URL, fmt, md_table, p50p99, say, smaps_rollup, summary, wait_until
 from .harness import FleetHarness, program_name, subscription
 
 TARGET_FPS = 5.0  # the gateway's max_fps for backend cameras (a setting; 5 is its default)
@@ -235,17 +235,12 @@ def scaling(h: FleetHarness, steps: list[int], window_s: float, long_window_s: f
         ramp = time.time() - t_sub
         time.sleep(2.0)
         pids = h.worker_pids()
-        fixed = h.fixed_pids()
-        assert h.rtsp is not None and h.rtsp.proc is not None
-        meter = CpuMeter({"workers": list(pids.values()), "gateway": [fixed.get("gateway", 0)],
-                          "supervisord+listener": [fixed["supervisord"], fixed.get("camera-events", 0)],
-                          "rtsp_server": [h.rtsp.proc.pid], "probe": [h.probe.pid],
-                          "bench_client": [os.getpid()]}).start()
+        meter = h.cpu_meter(pids)
         w0 = time.time()
         window = long_window_s if n in long_steps else window_s
         time.sleep(window / 2)
         memory = {name: smaps_rollup(pid) for name, pid in pids.items()}
-        fixed_mem = {name: smaps_rollup(pid) for name, pid in fixed.items()}
+        fixed_mem = {name: smaps_rollup(pid) for name, pid in h.fixed_pids().items()}
         time.sleep(window / 2)
         w1 = time.time()
         cpu = meter.stop()

@@ -27,7 +27,7 @@ from detector_worker.naming import camera_slug
 from tests.fleet import Fleet
 from tests.rtsp import RtspServer
 
-from .common import MODEL_ID, MODEL_URL, PYTHON, SHIM, wait_until
+from .common import MODEL_ID, MODEL_URL, PYTHON, SHIM, CpuMeter, wait_until
 
 REDIS_URL = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0")
 DATABASE_URL = os.environ.get("DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
@@ -315,6 +315,15 @@ class FleetHarness:
     def worker_pids(self) -> dict[str, int]:
         """program name -> pid of running camera programs."""
         return {name: pid for name, (state, pid) in self.fleet.programs().items() if pid}
+
+    def cpu_meter(self, pids: dict[str, int]) -> CpuMeter:
+        """A started CpuMeter over the camera workers `pids` and every other process of the fleet and bench."""
+        fixed = self.fixed_pids()
+        assert self.rtsp is not None and self.rtsp.proc is not None and self.probe is not None
+        return CpuMeter({"workers": list(pids.values()), "gateway": [fixed.get("gateway", 0)],
+                         "supervisord+listener": [fixed["supervisord"], fixed.get("camera-events", 0)],
+                         "rtsp_server": [self.rtsp.proc.pid], "probe": [self.probe.pid],
+                         "bench_client": [os.getpid()]}).start()
 
     def fixed_pids(self) -> dict[str, int]:
         rpc = self.fleet.rpc().supervisor

@@ -269,29 +269,36 @@ def sustained(res: dict[str, Any], path: Path) -> Path:
     return _save(fig, path)
 
 
-def timeline(res: dict[str, Any], path: Path) -> Path:
-    """One camera's day: motion in the lane's ROI, detector calls per second, the visits and reports."""
+def timeline(res: dict[str, Any], path: Path, bin_s: int = 5) -> Path:
+    """One camera's day: motion in the lane's ROI and detector calls (per `bin_s` seconds), and below it the
+    ground truth's visits, lane passes and light changes with the visits reported."""
     motion, calls = res["motion_seconds"], res["detector_calls"]
-    t = list(range(len(calls)))
-    fig, ax = plt.subplots(figsize=(10, 3.6))
-    ax.fill_between(t, 0, [m * res["max_fps"] for m in motion], step="post", color=COLOURS[1], alpha=0.35,
-                    label="motion in the ROI")
-    ax.step(t, calls, where="post", color=COLOURS[0], linewidth=0.8, label="detector calls per second")
-    for j, (a, b) in enumerate(res["visits"]):
-        ax.axvspan(a, b, ymin=0.92, ymax=0.98, color=COLOURS[2], label="vehicle stopped (truth)" if j == 0 else None)
-    for j, (a, b) in enumerate(res["passes"]):
-        ax.axvspan(a, b, ymin=0.92, ymax=0.98, color=COLOURS[4], label="lane pass (truth)" if j == 0 else None)
-    for j, (_kind, a, b) in enumerate(res["light_events"]):
-        ax.axvspan(a, b, color="grey", alpha=0.12, label="light change (cloud, IR)" if j == 0 else None)
-    ax.plot(res["reported_at_s"], [res["max_fps"] * 1.08] * len(res["reported_at_s"]), "v", color=COLOURS[3],
-            label="visit reported")
-    ax.set_ylim(0, res["max_fps"] * 1.35)
-    ax.set_xlabel("seconds of the day clip")
+    edges = list(range(0, len(calls), bin_s))
+    calls_rate = [sum(calls[a:a + bin_s]) / bin_s for a in edges]
+    motion_share = [sum(motion[a:a + bin_s]) / bin_s * res["max_fps"] for a in edges]
+    fig, (ax, truth) = plt.subplots(2, 1, figsize=(10, 4.4), sharex=True, height_ratios=[3, 1])
+    ax.fill_between(edges, 0, motion_share, step="post", color=COLOURS[1], alpha=0.4,
+                    label=f"seconds with motion in the ROI (share x {res['max_fps']:g})")
+    ax.step(edges, calls_rate, where="post", color=COLOURS[0], linewidth=1.0,
+            label=f"detector calls/s (mean over {bin_s} s; {res['max_fps']:g} = every kept frame)")
+    ax.set_ylim(0, res["max_fps"] * 1.1)
     ax.set_ylabel("per second")
+    ax.legend(fontsize=7, loc="upper right")
     clip = res["clip"]
     ax.set_title(f"One camera's day ({clip['width']}x{clip['height']}): detector on "
                  f"{res['detector_calls_total']} of {res['frames']} kept frames, recall {res['recall']:.2f}")
-    ax.legend(fontsize=7, loc="upper left", ncol=3)
+    for j, (a, b) in enumerate(res["visits"]):
+        truth.broken_barh([(a, b - a)], (0.55, 0.35), color=COLOURS[2], label="vehicle stopped" if j == 0 else None)
+    for j, (a, b) in enumerate(res["passes"]):
+        truth.broken_barh([(a, b - a)], (0.55, 0.35), color=COLOURS[4], label="lane pass" if j == 0 else None)
+    for j, (_kind, a, b) in enumerate(res["light_events"]):
+        truth.broken_barh([(a, b - a)], (0.1, 0.35), color="grey", alpha=0.6,
+                          label="light change (cloud, IR)" if j == 0 else None)
+    truth.plot(res["reported_at_s"], [0.72] * len(res["reported_at_s"]), "v", color=COLOURS[3], label="reported")
+    truth.set_ylim(0, 1)
+    truth.set_yticks([])
+    truth.set_xlabel("seconds of the day clip (ground truth below)")
+    truth.legend(fontsize=7, loc="upper right", ncol=4)
     return _save(fig, path)
 
 

@@ -59,6 +59,7 @@ def realistic_report(res: dict[str, Any]) -> tuple[str, list[str]]:
                        f"{bare_v['yolov8n_640_predict_s'] * 1000:.0f} ms CPU"
                        if (bare_v := run["variants"].get("bare-ultralytics")) else "")
                     + ".\n\n" + _run_table(run, bare))
+    text.append(HOW)
     ratio = res.get("gated_vs_bare_cpu")
     if ratio is not None:
         cpu, recall = res["cpu_core_seconds_per_camera_hour"], res["recall"]
@@ -84,7 +85,6 @@ def realistic_report(res: dict[str, Any]) -> tuple[str, list[str]]:
                     + ", ".join(f"{k} {sum(v)}" for k, v in sorted(t["calls_by_reason"].items()))
                     + f"; {t['found']} of {t['stops']} stops reported (recall {t['recall']:.2f}), "
                     f"{t['extra_reports']} extra report(s). Light changes (a cloud, the IR switch) show as grey bands.")
-    text.append(HOW)
     return "\n\n".join(text), heads
 
 
@@ -93,7 +93,8 @@ def _sustained(res: dict[str, Any]) -> str:
     for key in sorted(res, key=lambda k: (-res[k]["clip"]["height"], k)):
         for s in sorted(res[key]["steps"], key=lambda s: s["cameras"]):
             cpu, rss = s["cpu"], s.get("worker_rss_mb") or {}
-            rows.append([key, s["cameras"], fmt(s["fps_min_motion"], 2), fmt(s["fps_median"], 2),
+            rows.append([key, s["cameras"], f"{fmt(s['fps_min_motion'], 2)} ({fmt(s.get('fps_worst_10s_motion'), 1)})",
+                         fmt(s["fps_median"], 2),
                          p50p99(s["capture_to_detection_ms"], 0), s["detections"],
                          f"{s['reported']}/{s['visits']}", s["duplicated"], s["extra_reports"],
                          f"{cpu['workers']:.2f}", f"{cpu['gateway']:.2f}", f"{cpu['rtsp_server']:.2f}",
@@ -101,16 +102,24 @@ def _sustained(res: dict[str, Any]) -> str:
                          "yes" if s["sustained"] else "**no**"])
     first = next(iter(res.values()))
     c = first["criteria"]
-    table = md_table(["run", "cameras", "fps min (10 s with motion)", "fps median", "capture → detection p50 / p99 ms",
+    table = md_table(["run", "cameras", "fps in motion, slowest camera (worst 10 s)", "fps median",
+                      "capture → detection p50 / p99 ms",
                       "detections", "stops reported", "duplicated", "extra", "CPU workers", "CPU gateway",
                       "CPU RTSP server", "machine busy (cores)", "worker RSS MB (median)", "sustained"], rows)
-    return (f"{table}\n\nA step is sustained when every camera processed ≥ {c['min_fps_in_motion']} frames/s in every "
-            f"10 s with vehicle motion, p99 capture → imageDetection ≤ {c['p99_capture_to_detection_ms']:.0f} ms and "
+    return (f"{table}\n\nA step is sustained when every camera processed ≥ {c['min_fps_in_motion']} frames/s while "
+            f"vehicle motion was in its lane (its 10 s slices with motion together), p99 capture → imageDetection ≤ "
+            f"{c['p99_capture_to_detection_ms']:.0f} ms and "
             f"recall is 1.0. Each step is a fresh fleet (real supervisord, gateway, RTSP server) whose cameras show "
-            f"a {first['clip']['seconds']:.0f} s day clip (stops of 15-40 s, a lane pass, a cloud, the IR switch), "
-            f"each camera started at another point of it; archive `{first['archive']}`. Capture is when the "
-            f"RTSP server sent the frame (its SEI stamp, read by bench/probe.py); the probe's own CPU is in "
-            f"\"machine busy\".")
+            f"a {first['clip']['seconds']:.0f} s day clip (a cloud, the IR switch, passers-by, people), each camera "
+            f"started at another point of it; stops: "
+            + ", ".join(f"{k} {r['stop_s'][0]:.0f}-{r['stop_s'][1]:.0f} s" for k, r in res.items() if "stop_s" in r)
+            + f" (`+busy`: a stress case with about 4x the motion of the issue's day); archive `{first['archive']}`"
+            + (f" (the stand-ins decide, so recall is measured; every detector call also runs `{first['cost_model']}`,"
+               f" a YOLOv8n-size detector at 640, on the same frame: a real-size detector's CPU and latency, plus "
+               f"the stand-in's few ms)" if first.get("cost_model") else "")
+            + ". Capture is when the "
+            "RTSP server sent the frame (its SEI stamp, read by bench/probe.py); the probe's own CPU is in "
+            "\"machine busy\".")
 
 
 HOW = """How: `python -m bench.realistic --clip CLIP --detector-onnx build/models-real/car_frontal_detection_v8n.onnx` \
