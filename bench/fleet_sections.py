@@ -235,12 +235,13 @@ def scaling(h: FleetHarness, steps: list[int], window_s: float, long_window_s: f
         ramp = time.time() - t_sub
         time.sleep(2.0)
         pids = h.worker_pids()
-        meter = h.cpu_meter(pids)
+        fixed = h.fixed_pids()
+        meter = h.cpu_meter(pids, fixed)
         w0 = time.time()
         window = long_window_s if n in long_steps else window_s
         time.sleep(window / 2)
         memory = {name: smaps_rollup(pid) for name, pid in pids.items()}
-        fixed_mem = {name: smaps_rollup(pid) for name, pid in h.fixed_pids().items()}
+        fixed_mem = {name: smaps_rollup(pid) for name, pid in fixed.items()}
         time.sleep(window / 2)
         w1 = time.time()
         cpu = meter.stop()

@@ -316,9 +316,10 @@ class FleetHarness:
         """program name -> pid of running camera programs."""
         return {name: pid for name, (state, pid) in self.fleet.programs().items() if pid}
 
-    def cpu_meter(self, pids: dict[str, int]) -> CpuMeter:
-        """A started CpuMeter over the camera workers `pids` and every other process of the fleet and bench."""
-        fixed = self.fixed_pids()
+    def cpu_meter(self, pids: dict[str, int], fixed: dict[str, int] | None = None) -> CpuMeter:
+        """A started CpuMeter over the camera workers `pids` and every other process of the fleet and bench
+        (`fixed`: fixed_pids(), when the caller has them already)."""
+        fixed = fixed if fixed is not None else self.fixed_pids()
         assert self.rtsp is not None and self.rtsp.proc is not None and self.probe is not None
         return CpuMeter({"workers": list(pids.values()), "gateway": [fixed.get("gateway", 0)],
                          "supervisord+listener": [fixed["supervisord"], fixed.get("camera-events", 0)],
